@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Provides every external binary the demo and the tests need, built from published Go modules and
+# Debian packages, cached outside the repository. Idempotent: a warm second run takes seconds.
+#
+#   bash scripts/setup.sh            # build what is missing
+#   NATS_CDR_CACHE=/some/dir bash scripts/setup.sh
+#
+# Result: $NATS_CDR_CACHE/bin/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,
+#         kwok,kwokctl,nats-server,nats,helm}, and PostgreSQL 15 server binaries on the system.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache=${NATS_CDR_CACHE:-$HOME/.cache/nats-cdr}
+bin=$cache/bin
+work=$cache/build
+stamps=$cache/stamps
+mkdir -p "$bin" "$work" "$stamps"
+export GOFLAGS=-buildvcs=false CGO_ENABLED=0
+export GOPATH=${GOPATH:-$HOME/go}
+
+log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# built NAME VERSION: true when the stamp says this exact version was built and the binaries exist.
+built() {
+  local name=$1 version=$2; shift 2
+  [ "$(cat "$stamps/$name" 2>/dev/null)" = "$version" ] || return 1
+  for b in "$@"; do [ -x "$bin/$b" ] || return 1; done
+}
+stamp() { echo "$2" > "$stamps/$1"; }
+
+# go_install NAME VERSION PACKAGE...: plain `go install pkg@version` for modules without replaces.
+go_install() {
+  local name=$1 version=$2; shift 2
+  local binaries=()
+  local b
+  for p in "$@"; do
+    b=$(basename "$p")
+    # A major-version suffix (/v2) is not the command name: Go names it after the element before.
+    [[ $b =~ ^v[0-9]+$ ]] && b=$(basename "$(dirname "$p")")
+    binaries+=("$b")
+  done
+  if built "$name" "$version" "${binaries[@]}"; then return; fi
+  log "building $name $version"
+  for p in "$@"; do GOBIN=$bin go install "$p@$version"; done
+  stamp "$name" "$version"
+}
+
+build_kubernetes() {
+  local v=$KUBERNETES_VERSION
+  local tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  if built kubernetes "$v" "${tools[@]}"; then return; fi
+  log "building Kubernetes $v (several minutes on a cold cache)"
+  local dir=$work/kubernetes-$v
+  mkdir -p "$dir"
+  local upstream_gomod
+  upstream_gomod=$(cd "$dir" && go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/^\s*"GoMod": "\(.*\)",\?$/\1/p')
+  [ -f "$upstream_gomod" ] || { log "cannot find go.mod of k8s.io/kubernetes@$v"; exit 1; }
+  local minor=${v#v1.}; minor=${minor%%.*}
+  local staging_version=v0.${v#v1.}
+  local go_line godebug_line
+  go_line=$(grep -m1 '^go ' "$upstream_gomod")
+  godebug_line=$(grep -m1 '^godebug ' "$upstream_gomod" || true)
+  {
+    echo "module nats-cdr.dev/kubernetes-build"
+    echo
+    echo "$go_line"
+    [ -n "$godebug_line" ] && echo "$godebug_line"
+    echo
+    echo "require k8s.io/kubernetes $v"
+    echo
+    # Every staging module upstream replaces with ./staging/src/... is published under its own tag.
+    grep -oE '^\s*k8s\.io/[a-z0-9-]+ => \./staging/src/k8s\.io/[a-z0-9-]+' "$upstream_gomod" |
+      awk -v sv="$staging_version" '{print "replace " $1 " => " $1 " " sv}'
+  } > "$dir/go.mod"
+  cat > "$dir/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true)
+  (cd "$dir" && go mod download)
+  local date; date=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+  local ld=""
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $pkg.gitVersion=$v -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ld+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=$date"
+  done
+  for t in "${tools[@]}"; do
+    log "  go build $t"
+    (cd "$dir" && go build -tags tools -ldflags "-s -w$ld" -o "$bin/$t" "k8s.io/kubernetes/cmd/$t")
+  done
+  stamp kubernetes "$v"
+}
+
+build_etcd() {
+  local v=$ETCD_VERSION
+  if built etcd "$v" etcd; then return; fi
+  log "building etcd $v"
+  local dir=$work/etcd-$v
+  mkdir -p "$dir"
+  cat > "$dir/go.mod" <<GOMOD
+module nats-cdr.dev/etcd-build
+
+go 1.24
+
+require go.etcd.io/etcd/server/v3 $v
+GOMOD
+  cat > "$dir/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import _ "go.etcd.io/etcd/server/v3"
+GO
+  (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true)
+  (cd "$dir" && go build -tags tools -ldflags "-s -w" -o "$bin/etcd" go.etcd.io/etcd/server/v3)
+  stamp etcd "$v"
+}
+
+install_postgres() {
+  if [ -x /usr/lib/postgresql/15/bin/initdb ] && [ -x /usr/lib/postgresql/15/bin/pg_ctl ]; then return; fi
+  log "installing PostgreSQL 15 from Debian packages"
+  local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql-15 >/dev/null
+}
+
+main() {
+  local t0=$SECONDS
+  install_postgres
+  build_etcd
+  go_install nats-server "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2
+  go_install natscli "$NATSCLI_VERSION" github.com/nats-io/natscli/nats
+  go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+  go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+  build_kubernetes
+  log "ready in $((SECONDS - t0))s: $bin"
+}
+main "$@"
