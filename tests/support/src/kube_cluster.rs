@@ -110,7 +110,7 @@ impl LocalCluster {
             format!("--client-ca-file={}", certs.ca_cert.display()),
             format!(
                 "--service-account-key-file={}",
-                certs.service_account_key.display()
+                certs.service_account_public_key.display()
             ),
             format!(
                 "--service-account-signing-key-file={}",
