@@ -6,7 +6,8 @@
 #   NATS_CDR_CACHE=/some/dir bash scripts/setup.sh
 #
 # Result: $NATS_CDR_CACHE/bin/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,
-#         kwok,kwokctl,nats-server,nats,helm}, and PostgreSQL 15 server binaries on the system.
+#         kwok,kwokctl,nats-server,nats,helm}, $NATS_CDR_CACHE/kwok/stages.yaml (kwok's pod and node
+#         lifecycle), and PostgreSQL 15 server binaries on the system.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -127,6 +128,23 @@ GO
   stamp etcd "$v"
 }
 
+# kwok simulates nothing without Stage objects; kwokctl normally supplies them. Concatenate the
+# upstream "fast" node and pod stages (plus node heartbeat) from the module's own source.
+kwok_stages() {
+  local out=$cache/kwok/stages.yaml
+  if [ "$(cat "$stamps/kwok-stages" 2>/dev/null)" = "$KWOK_VERSION" ] && [ -s "$out" ]; then return; fi
+  local src
+  src=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+  mkdir -p "$cache/kwok"
+  : > "$out.tmp"
+  for f in node/fast/node-initialize.yaml node/heartbeat/node-heartbeat.yaml \
+           pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml; do
+    { echo "---"; cat "$src/kustomize/stage/$f"; } >> "$out.tmp"
+  done
+  mv "$out.tmp" "$out"
+  stamp kwok-stages "$KWOK_VERSION"
+}
+
 install_postgres() {
   if [ -x /usr/lib/postgresql/15/bin/initdb ] && [ -x /usr/lib/postgresql/15/bin/pg_ctl ]; then return; fi
   log "installing PostgreSQL 15 from Debian packages"
@@ -142,6 +160,7 @@ main() {
   go_install nats-server "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2
   go_install natscli "$NATSCLI_VERSION" github.com/nats-io/natscli/nats
   go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+  kwok_stages
   go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
   build_kubernetes
   log "ready in $((SECONDS - t0))s: $bin"

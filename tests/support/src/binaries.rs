@@ -88,3 +88,20 @@ fn is_executable(path: &Path) -> bool {
         .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
         .unwrap_or(false)
 }
+
+/// kwok's Stage objects (how fake nodes and pods move through their lifecycle):
+/// `$NATS_CDR_KWOK_STAGES`, else `<cache>/kwok/stages.yaml` written by `scripts/setup.sh`.
+pub fn kwok_stages() -> Result<PathBuf, MissingBinary> {
+    let path = std::env::var_os("NATS_CDR_KWOK_STAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("kwok").join("stages.yaml"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(MissingBinary {
+            name: format!("kwok stages ({})", path.display()),
+            env_var: "NATS_CDR_KWOK_STAGES".into(),
+            cache_bin: cache_dir().join("kwok").display().to_string(),
+        })
+    }
+}

@@ -120,7 +120,9 @@ impl LocalCluster {
             "--service-cluster-ip-range=10.0.0.0/24".to_owned(),
             "--allow-privileged=true".to_owned(),
             "--authorization-mode=RBAC".to_owned(),
-            "--disable-admission-plugins=ServiceAccount".to_owned(),
+            // No ServiceAccount tokens (as envtest), and no not-ready taint on new nodes: with no
+            // kubelet and no node-lifecycle controller nothing would remove it.
+            "--disable-admission-plugins=ServiceAccount,TaintNodesByCondition".to_owned(),
             "--enable-priority-and-fairness=false".to_owned(),
             "--profiling=false".to_owned(),
             "--endpoint-reconciler-type=none".to_owned(),
@@ -222,8 +224,12 @@ impl LocalCluster {
             format!("--kubeconfig={kubeconfig}"),
             "--leader-elect=false".to_owned(),
             "--secure-port=0".to_owned(),
-            "--controllers=*,-nodeipam,-nodelifecycle,-persistentvolume-binder,-attachdetach,-persistentvolume-expander,-cloud-node-lifecycle,-ttl,-bootstrapsigner,-tokencleaner".to_owned(),
-            format!("--service-account-private-key-file={}", certs.service_account_key.display()),
+            // Fake nodes have no pod CIDRs to allocate and no kubelet to evict from.
+            "--controllers=*,-node-ipam-controller,-node-lifecycle-controller".to_owned(),
+            format!(
+                "--service-account-private-key-file={}",
+                certs.service_account_key.display()
+            ),
             format!("--root-ca-file={}", certs.ca_cert.display()),
             format!("--cluster-signing-cert-file={}", certs.ca_cert.display()),
             format!("--cluster-signing-key-file={}", certs.ca_key.display()),
@@ -252,6 +258,7 @@ impl LocalCluster {
             Signal::SIGTERM,
         )?);
 
+        let stages = binaries::kwok_stages()?;
         let mut kwok = Command::new(binaries::find("kwok")?);
         kwok.args([
             format!("--kubeconfig={kubeconfig}"),
@@ -259,10 +266,8 @@ impl LocalCluster {
             format!("--server-address=127.0.0.1:{}", free_port()?),
             "--cidr=10.244.0.0/16".to_owned(),
             "--node-ip=127.0.0.1".to_owned(),
-            format!("--config={}", self.dir.join("kwok.yaml").display()),
+            format!("--config={}", stages.display()),
         ]);
-        // An empty config file keeps kwok from reading ~/.kwok; its built-in stages apply.
-        std::fs::write(self.dir.join("kwok.yaml"), "")?;
         self.kwok = Some(ServerProcess::start(
             "kwok",
             kwok,
