@@ -4,6 +4,10 @@
 //! `crdgen` binary (`cargo run -p nats-cdr-crds --bin crdgen`) and checked for drift by a test.
 //! Re-exports kube and k8s-openapi so other crates use the same versions from one path.
 
+// `#[kube(printcolumn(...))]` repeats `type_ = ...` once per column, which clippy mistakes for a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod common;
 pub mod consumer;
 pub mod nats_cluster;

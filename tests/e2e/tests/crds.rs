@@ -3,6 +3,8 @@
 //!
 //! Runs against the local control plane, or the cluster named by `KUBECONFIG` (kind included).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use nats_cdr_testsupport::manifests::ApplyError;
 use nats_cdr_testsupport::{apply_yaml, install_crds, repo_root, shared_api_cluster};
 

@@ -42,16 +42,10 @@ pub enum ClusterError {
 }
 
 /// What to run besides etcd and the apiserver.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ClusterOptions {
     /// Run kube-controller-manager, kube-scheduler and kwok with this many fake nodes (0: none).
     pub fake_nodes: usize,
-}
-
-impl Default for ClusterOptions {
-    fn default() -> Self {
-        Self { fake_nodes: 0 }
-    }
 }
 
 /// A running local control plane. Stops every process on drop.

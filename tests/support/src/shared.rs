@@ -17,7 +17,7 @@ use crate::kube_cluster::{ClusterError, ClusterOptions, LocalCluster, client_fro
 #[derive(Debug)]
 pub enum TestCluster {
     /// A local control plane started by this process.
-    Local(LocalCluster),
+    Local(Box<LocalCluster>),
     /// A cluster named by `KUBECONFIG`.
     External { kubeconfig: PathBuf, yaml: String },
 }
@@ -90,5 +90,7 @@ async fn start(options: ClusterOptions) -> Result<TestCluster, ClusterError> {
         let yaml = std::fs::read_to_string(&kubeconfig)?;
         return Ok(TestCluster::External { kubeconfig, yaml });
     }
-    Ok(TestCluster::Local(LocalCluster::start(options).await?))
+    Ok(TestCluster::Local(Box::new(
+        LocalCluster::start(options).await?,
+    )))
 }

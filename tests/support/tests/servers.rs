@@ -3,6 +3,8 @@
 //! with workload controllers and kwok nodes where Deployments get Running pods and deletion
 //! cascades through owner references.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
 use std::process::Command;
 use std::time::Duration;
 
