@@ -1,4 +1,6 @@
 //! The CDR data path: `kam-cdr-bridge` (Kamailio acc_json lines into NATS JetStream) and
 //! `cdr-worker` (JetStream into PostgreSQL), and the wire contract both of them share.
 
+pub mod bridge;
 pub mod contract;
+pub mod worker;

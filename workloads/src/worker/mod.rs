@@ -1,0 +1,1 @@
+//! cdr-worker: a durable pull consumer that writes CDRs into PostgreSQL and acks after commit.
