@@ -382,3 +382,88 @@ async fn immutable_fields_and_scale_down_are_refused_on_update() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+fn kubectl(kubeconfig: &std::path::Path, args: &[&str]) -> (bool, String) {
+    let kubectl =
+        nats_cdr_testsupport::binaries::find("kubectl").expect("kubectl (bash scripts/setup.sh)");
+    let output = std::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("run kubectl");
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+/// What a person does: `kubectl apply -f crds/` (client-side apply, which stores the whole object
+/// in an annotation and so has a size limit), `kubectl explain` shows the doc comments, and the
+/// examples pass a server-side dry run; `kubectl get` prints the printer columns.
+#[tokio::test]
+async fn kubectl_apply_explain_and_get_work() {
+    let cluster = shared_api_cluster().await.expect("cluster");
+    let kubeconfig = cluster.kubeconfig_path();
+    let namespace = cluster.new_namespace("kubectl").await.expect("namespace");
+    let crds = repo_root().join("crds");
+    let (ok, out) = kubectl(kubeconfig, &["apply", "-f", crds.to_str().unwrap()]);
+    assert!(ok, "kubectl apply -f crds/ failed: {out}");
+    let (ok, out) = kubectl(
+        kubeconfig,
+        &[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=30s",
+            "crd/jetstreamstreams.nats-cdr.dev",
+            "crd/cdrpipelines.nats-cdr.dev",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(
+        kubeconfig,
+        &["explain", "jetstreamstream.spec.deletionPolicy"],
+    );
+    assert!(
+        ok && out.contains("Retain") && out.contains("leaves the stream"),
+        "explain: {out}"
+    );
+    let examples = repo_root().join("examples");
+    let (ok, out) = kubectl(
+        kubeconfig,
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            &namespace,
+            "-f",
+            examples.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "examples refused on dry run: {out}");
+    let (ok, out) = kubectl(
+        kubeconfig,
+        &[
+            "apply",
+            "-n",
+            &namespace,
+            "-f",
+            examples.join("ga.yaml").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = kubectl(kubeconfig, &["get", "jss", "-n", &namespace]);
+    assert!(
+        ok && out.contains("STREAM") && out.contains("AKIRA_CDR") && out.contains("REPLICAS"),
+        "get: {out}"
+    );
+    let (ok, out) = kubectl(kubeconfig, &["get", "nats-cdr", "-n", &namespace]);
+    assert!(
+        ok && out.contains("nats-ga") && out.contains("cdr-worker-ga"),
+        "category nats-cdr: {out}"
+    );
+}
