@@ -1,1 +1,322 @@
 //! kam-cdr-bridge: tails Kamailio's acc_json file and publishes every line to JetStream.
+//!
+//! The stages, one module each, top-down:
+//! 1. [`tail`]: read complete lines from the file, across rotations (a blocking thread);
+//! 2. [`classify`]: route each line to `cdr.raw` or, when malformed, to [`dead_letter`];
+//! 3. [`publish`]: publish with `Nats-Msg-Id`, at most `in_flight` awaiting acks at once, each
+//!    retried with backoff until acked; then announce its [`events`] call event;
+//! 4. [`checkpoint`]: persist the offset past the longest acked prefix of lines.
+//!
+//! [`run`] wires them together with [`metrics`] and the `/metrics`, `/healthz`, `/readyz`
+//! endpoint.
+
+pub mod checkpoint;
+pub mod classify;
+pub mod config;
+pub mod dead_letter;
+pub mod events;
+pub mod metrics;
+pub mod publish;
+pub mod tail;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::FuturesOrdered;
+use nats_cdr_observability::{ObservabilityError, Readiness, Telemetry};
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+
+pub use config::{BridgeConfig, NatsAuth};
+
+use checkpoint::{Checkpoint, CheckpointError};
+use metrics::Metrics;
+use publish::{PublishError, Publisher};
+use tail::{CurrentFile, Tailer};
+
+use crate::contract::subjects::{DEFAULT_STREAM_NAME, STREAM_SUBJECTS};
+
+/// Why the bridge stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    /// The checkpoint could not be read at start-up.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// NATS could not be set up.
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    /// The metrics endpoint could not be served.
+    #[error("cannot serve metrics")]
+    Telemetry(#[source] ObservabilityError),
+    /// The reading thread could not be started.
+    #[error("cannot start the reading thread")]
+    Spawn(#[source] std::io::Error),
+    /// The reading thread stopped on its own.
+    #[error("the reading thread stopped")]
+    TailerStopped,
+}
+
+impl BridgeError {
+    /// Short category for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Checkpoint(e) => e.reason(),
+            Self::Publish(e) => e.reason(),
+            Self::Telemetry(_) => "telemetry",
+            Self::Spawn(_) => "spawn",
+            Self::TailerStopped => "tailer_stopped",
+        }
+    }
+}
+
+/// Runs the bridge until `shutdown` completes, then waits (up to the shutdown timeout) for the
+/// acks of what is in flight and writes a last checkpoint.
+pub async fn run(
+    config: BridgeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BridgeError> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+
+    let metrics = Metrics::default();
+    let readiness = Arc::new(Readiness::new("connecting to NATS"));
+    if let Some(addr) = config.metrics_addr {
+        let mut registry = Registry::with_prefix("kam_cdr_bridge");
+        metrics.register(&mut registry);
+        let telemetry = Telemetry::new(registry, readiness.clone());
+        let mut stop = stop_rx.clone();
+        let (bound, _task) = nats_cdr_observability::serve(addr, telemetry, async move {
+            let _ = stop.wait_for(|stopped| *stopped).await;
+        })
+        .await
+        .map_err(BridgeError::Telemetry)?;
+        tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
+    }
+
+    let resume = checkpoint::load(&config.checkpoint)?;
+    tracing::info!(
+        file = %config.file.display(),
+        checkpoint = %config.checkpoint.display(),
+        resume_offset = resume.as_ref().map(|c| c.offset),
+        node = %config.node,
+        in_flight = config.in_flight,
+        "starting kam-cdr-bridge"
+    );
+    let client = publish::connect(&config).await?;
+    if let Some(stream) = &config.create_stream {
+        create_stream(&client, stream, &config, stop_rx.clone()).await;
+    }
+    let publisher = Arc::new(Publisher::new(client.clone(), &config, metrics.clone()));
+
+    let tailer = Tailer::new(
+        config.file.clone(),
+        resume.clone(),
+        config.max_line_bytes,
+        config.rotate_grace,
+    );
+    let current_file = tailer.current_file();
+    let (tx, rx) = mpsc::channel(4);
+    let tail_stop = Arc::new(AtomicBool::new(false));
+    tail::spawn(
+        tailer,
+        tx,
+        config.poll_interval,
+        metrics.lines_read.clone(),
+        tail_stop.clone(),
+    )
+    .map_err(BridgeError::Spawn)?;
+
+    let mut pipeline = Pipeline {
+        config: &config,
+        metrics: &metrics,
+        readiness: &readiness,
+        client: &client,
+        current_file,
+        saved: resume,
+        acked: None,
+    };
+    let result = pipeline.run(publisher, rx, stop_rx).await;
+    tail_stop.store(true, Ordering::Relaxed);
+    if let Err(error) = client.flush().await {
+        tracing::debug!(error = %error, "flush on shutdown failed");
+    }
+    result
+}
+
+/// The publish window and the checkpoint of its acked prefix.
+struct Pipeline<'a> {
+    config: &'a BridgeConfig,
+    metrics: &'a Metrics,
+    readiness: &'a Readiness,
+    client: &'a async_nats::Client,
+    current_file: CurrentFile,
+    /// The checkpoint last written (or loaded).
+    saved: Option<Checkpoint>,
+    /// Past the longest acked prefix of lines.
+    acked: Option<Checkpoint>,
+}
+
+impl Pipeline<'_> {
+    async fn run(
+        &mut self,
+        publisher: Arc<Publisher>,
+        mut rx: mpsc::Receiver<Vec<tail::Line>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), BridgeError> {
+        let window = self.config.in_flight.max(1);
+        let mut in_flight = FuturesOrdered::new();
+        let mut pending: VecDeque<tail::Line> = VecDeque::new();
+        let mut tick = tokio::time::interval(self.config.checkpoint_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut result = Ok(());
+        loop {
+            while in_flight.len() < window {
+                let Some(line) = pending.pop_front() else {
+                    break;
+                };
+                let publisher = publisher.clone();
+                in_flight.push_back(async move { publisher.deliver(line).await });
+            }
+            self.metrics.in_flight.set(in_flight.len() as i64);
+            tokio::select! {
+                biased;
+                _ = stop.wait_for(|stopped| *stopped) => break,
+                Some(line) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.acked = Some(line.checkpoint());
+                    // Take every other ack that is already in, without a new select round.
+                    while let Some(Some(line)) = futures::FutureExt::now_or_never(in_flight.next()) {
+                        self.acked = Some(line.checkpoint());
+                    }
+                }
+                batch = rx.recv(), if pending.is_empty() && in_flight.len() < window => match batch {
+                    Some(batch) => pending.extend(batch),
+                    None => {
+                        result = Err(BridgeError::TailerStopped);
+                        break;
+                    }
+                },
+                _ = tick.tick() => {
+                    self.update_readiness();
+                    self.save().await;
+                }
+            }
+        }
+        drop(rx);
+        let left = in_flight.len();
+        let drain = async {
+            while let Some(line) = in_flight.next().await {
+                self.acked = Some(line.checkpoint());
+            }
+        };
+        if tokio::time::timeout(self.config.shutdown_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left,
+                "shutdown timeout: some lines were not acked; they are read again on restart"
+            );
+        }
+        self.save().await;
+        tracing::info!(offset = self.saved.as_ref().map(|c| c.offset), "stopped");
+        result
+    }
+
+    fn update_readiness(&self) {
+        if self.client.connection_state() == async_nats::connection::State::Connected {
+            self.readiness.set_ready();
+        } else {
+            self.readiness.set_not_ready("NATS is unreachable");
+        }
+    }
+
+    /// Writes the acked checkpoint when it moved, and updates the lag metric.
+    async fn save(&mut self) {
+        if let Some(acked) = self.acked.clone()
+            && self.saved.as_ref() != Some(&acked)
+        {
+            let path = self.config.checkpoint.clone();
+            let to_store = acked.clone();
+            let stored = tokio::task::spawn_blocking(move || checkpoint::store(&path, &to_store))
+                .await
+                .unwrap_or_else(|e| {
+                    Err(CheckpointError::Write {
+                        path: self.config.checkpoint.clone(),
+                        source: std::io::Error::other(e),
+                    })
+                });
+            match stored {
+                Ok(()) => {
+                    tracing::debug!(
+                        offset = acked.offset,
+                        ino = acked.file.ino,
+                        "checkpoint written"
+                    );
+                    self.saved = Some(acked);
+                }
+                Err(error) => {
+                    self.metrics.checkpoint_errors.inc();
+                    tracing::warn!(error = %error, reason = error.reason(), "checkpoint not written");
+                }
+            }
+        }
+        let current = self.current_file.lock().ok().and_then(|c| *c);
+        if let Some((id, size)) = current {
+            let done = match &self.saved {
+                Some(saved) if saved.file == id => saved.offset,
+                _ => 0,
+            };
+            self.metrics
+                .checkpoint_lag_bytes
+                .set(i64::try_from(size.saturating_sub(done)).unwrap_or(i64::MAX));
+        }
+    }
+}
+
+/// Creates the stream (local runs): `cdr.>`, file storage, 2 min duplicate window. Retries
+/// until NATS answers or shutdown.
+async fn create_stream(
+    client: &async_nats::Client,
+    name: &str,
+    config: &BridgeConfig,
+    mut stop: watch::Receiver<bool>,
+) {
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = async_nats::jetstream::stream::Config {
+        name: if name.is_empty() {
+            DEFAULT_STREAM_NAME.to_owned()
+        } else {
+            name.to_owned()
+        },
+        subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+        storage: async_nats::jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let mut attempt = 0;
+    loop {
+        match js.get_or_create_stream(stream.clone()).await {
+            Ok(_) => {
+                tracing::info!(stream = %stream.name, "stream ready");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot create the stream yet; retrying");
+                let delay =
+                    publish::backoff_delay(config.backoff_initial, config.backoff_max, attempt);
+                attempt += 1;
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The bridge's settings, independent of how they were given (flags, env, tests).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How the bridge authenticates to NATS. Secrets are never printed.
+#[derive(Clone, Default)]
+pub enum NatsAuth {
+    /// No credentials.
+    #[default]
+    None,
+    /// A `.creds` file (JWT + nkey seed).
+    CredsFile(PathBuf),
+    /// User and password.
+    UserPassword {
+        /// The user name.
+        user: String,
+        /// The password; never logged.
+        password: String,
+    },
+}
+
+impl std::fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::None => f.write_str("None"),
+            Self::CredsFile(path) => write!(f, "CredsFile({})", path.display()),
+            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
+        }
+    }
+}
+
+/// Everything `run` needs.
+#[derive(Debug, Clone)]
+pub struct BridgeConfig {
+    /// The acc_json file to tail.
+    pub file: PathBuf,
+    /// Where the checkpoint is persisted.
+    pub checkpoint: PathBuf,
+    /// NATS server URL(s), comma separated.
+    pub nats_url: String,
+    /// NATS credentials.
+    pub auth: NatsAuth,
+    /// Name of this SIP node (`cdr-source` header, part of every msg id).
+    pub node: String,
+    /// Most publishes awaiting their ack at once.
+    pub in_flight: usize,
+    /// How often to look at the file again after reaching its end.
+    pub poll_interval: Duration,
+    /// How often the checkpoint is written (when it moved).
+    pub checkpoint_interval: Duration,
+    /// How long a renamed-away file is still read after the new file appeared.
+    pub rotate_grace: Duration,
+    /// Longest line kept in memory; longer lines are cut and dead-lettered as oversized.
+    pub max_line_bytes: usize,
+    /// First retry delay of a failed publish.
+    pub backoff_initial: Duration,
+    /// Longest retry delay of a failed publish.
+    pub backoff_max: Duration,
+    /// How long a publish waits for its ack before it is retried.
+    pub ack_timeout: Duration,
+    /// How long a graceful shutdown waits for in-flight acks.
+    pub shutdown_timeout: Duration,
+    /// Where `/metrics`, `/healthz`, `/readyz` are served; `None` serves nothing.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Create the stream when it does not exist (local runs only; the operator owns it).
+    pub create_stream: Option<String>,
+}
+
+impl BridgeConfig {
+    /// Defaults for everything but the paths, URL and node name.
+    pub fn new(file: PathBuf, checkpoint: PathBuf, nats_url: String, node: String) -> Self {
+        Self {
+            file,
+            checkpoint,
+            nats_url,
+            auth: NatsAuth::None,
+            node,
+            in_flight: 1024,
+            poll_interval: Duration::from_millis(200),
+            checkpoint_interval: Duration::from_secs(1),
+            rotate_grace: Duration::from_secs(1),
+            max_line_bytes: 8 * 1024 * 1024,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            ack_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            metrics_addr: None,
+            create_stream: None,
+        }
+    }
+}

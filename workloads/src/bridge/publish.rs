@@ -1,0 +1,238 @@
+//! Publishing to JetStream: connect, and deliver one line until the stream has acked it.
+//!
+//! [`Publisher::deliver`] never gives up on a transient failure: it retries with the same
+//! `Nats-Msg-Id` (so a publish that was stored but whose ack was lost is dropped as a duplicate)
+//! after an exponential, capped, jittered delay. The caller bounds how many deliveries run at
+//! once, which is what stops the reading when NATS is slow or down.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::{Client, ConnectOptions, HeaderMap};
+use bytes::Bytes;
+
+use super::classify::{Outbound, classify};
+use super::config::{BridgeConfig, NatsAuth};
+use super::dead_letter;
+use super::metrics::Metrics;
+use super::tail::Line;
+
+/// Failure to set up the NATS connection.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The credentials file cannot be read.
+    #[error("cannot read NATS credentials file {path}")]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The client could not be set up.
+    #[error("cannot connect to NATS")]
+    Connect(#[source] async_nats::ConnectError),
+}
+
+impl PublishError {
+    /// Short category for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Credentials { .. } => "nats_credentials",
+            Self::Connect(_) => "nats_connect",
+        }
+    }
+}
+
+/// Connects to NATS, retrying in the background for ever (also on the first connect).
+pub async fn connect(config: &BridgeConfig) -> Result<Client, PublishError> {
+    let mut options =
+        match &config.auth {
+            NatsAuth::None => ConnectOptions::new(),
+            NatsAuth::CredsFile(path) => ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|source| PublishError::Credentials {
+                    path: path.clone(),
+                    source,
+                })?,
+            NatsAuth::UserPassword { user, password } => {
+                ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+        };
+    options = options
+        .name(format!("kam-cdr-bridge/{}", config.node))
+        .retry_on_initial_connect()
+        .max_reconnects(None)
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                other => tracing::info!(event = %other, "NATS event"),
+            }
+        });
+    options
+        .connect(config.nats_url.as_str())
+        .await
+        .map_err(PublishError::Connect)
+}
+
+/// Exponential backoff: `initial * 2^attempt`, capped at `max`, with jitter in its upper half.
+pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = initial
+        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
+        .min(max);
+    let half = exp / 2;
+    let random = RandomState::new().hash_one(attempt);
+    let jitter_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
+    half + Duration::from_nanos(random % jitter_nanos)
+}
+
+/// Publishes lines of one node.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    client: Client,
+    js: async_nats::jetstream::Context,
+    node: String,
+    metrics: Metrics,
+    backoff_initial: Duration,
+    backoff_max: Duration,
+}
+
+impl Publisher {
+    /// A publisher over `client`.
+    pub fn new(client: Client, config: &BridgeConfig, metrics: Metrics) -> Self {
+        let js = async_nats::jetstream::context::ContextBuilder::new()
+            .timeout(config.ack_timeout)
+            .max_ack_inflight(config.in_flight.max(1) * 2)
+            .backpressure_on_inflight(true)
+            .build(client.clone());
+        Self {
+            client,
+            js,
+            node: config.node.clone(),
+            metrics,
+            backoff_initial: config.backoff_initial,
+            backoff_max: config.backoff_max,
+        }
+    }
+
+    /// Publishes `line` (to `cdr.raw`, or as a dead letter) until the stream acks it, then
+    /// announces its call event. Returns the line, whose end offset may now be checkpointed.
+    #[tracing::instrument(name = "deliver", skip_all, fields(offset = line.end_offset))]
+    pub async fn deliver(&self, line: Line) -> Line {
+        let mut message = classify(&self.node, &line);
+        let mut attempt = 0u32;
+        loop {
+            let max_payload = self.client.server_info().max_payload;
+            if max_payload > 0 && message.wire_size() + 64 > max_payload {
+                match dead_letter::fit(message.clone(), &self.node, max_payload) {
+                    Ok(fitted) => message = fitted,
+                    Err(error) => {
+                        tracing::error!(error = %error, reason = error.reason(), msg_id = message.header(crate::contract::headers::NATS_MSG_ID), "line cannot be published at all; skipped");
+                        self.metrics.dropped.inc();
+                        return line;
+                    }
+                }
+            }
+            match self.publish_once(&message).await {
+                Ok(ack) => {
+                    match message.dead_letter {
+                        Some(reason) => {
+                            tracing::info!(reason, subject = %message.subject, "line dead-lettered");
+                            self.metrics.dead_letter(reason);
+                        }
+                        None => {
+                            self.metrics.published.inc();
+                        }
+                    }
+                    if ack.duplicate {
+                        self.metrics.duplicates.inc();
+                    }
+                    self.announce(message).await;
+                    return line;
+                }
+                Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
+                    // The server's limit is known now; the next round makes the message fit.
+                    tracing::debug!(error = %error, "message over max_payload");
+                    if max_payload > 0 {
+                        // Should not happen (checked above); avoid a hot loop regardless.
+                        tokio::time::sleep(self.backoff_initial).await;
+                    }
+                }
+                Err(error) => {
+                    self.metrics.publish_retries.inc();
+                    let delay = backoff_delay(self.backoff_initial, self.backoff_max, attempt);
+                    if attempt % 10 == 0 {
+                        tracing::warn!(error = %error, attempt, delay_ms = delay.as_millis() as u64, subject = %message.subject, "publish failed; retrying");
+                    }
+                    attempt = attempt.saturating_add(1);
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    async fn publish_once(
+        &self,
+        message: &Outbound,
+    ) -> Result<
+        async_nats::jetstream::publish::PublishAck,
+        async_nats::jetstream::context::PublishError,
+    > {
+        let mut headers = HeaderMap::new();
+        for (name, value) in &message.headers {
+            headers.insert(*name, value.as_str());
+        }
+        let ack = self
+            .js
+            .send_publish(
+                message.subject.clone(),
+                PublishMessage::build()
+                    .payload(message.payload.clone())
+                    .headers(headers),
+            )
+            .await?;
+        ack.await
+    }
+
+    /// Sends the call event of `message`, best effort.
+    async fn announce(&self, message: Outbound) {
+        let Some((subject, event)) = message.event else {
+            return;
+        };
+        let Ok(body) = serde_json::to_vec(&event) else {
+            return;
+        };
+        let send = self.client.publish(subject, Bytes::from(body));
+        match tokio::time::timeout(Duration::from_millis(500), send).await {
+            Ok(Ok(())) => {
+                self.metrics.call_events.inc();
+            }
+            Ok(Err(error)) => tracing::debug!(error = %error, "call event not sent"),
+            Err(_) => tracing::debug!("call event not sent in time"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let initial = Duration::from_millis(100);
+        let max = Duration::from_secs(5);
+        for attempt in 0..40 {
+            let d = backoff_delay(initial, max, attempt);
+            let exp = (initial * 2u32.pow(attempt.min(20))).min(max);
+            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
+        }
+        let many: std::collections::HashSet<_> =
+            (0..20).map(|_| backoff_delay(initial, max, 10)).collect();
+        assert!(many.len() > 1, "jitter varies the delay");
+    }
+}
