@@ -1,0 +1,175 @@
+//! Command-line flags (with environment fallbacks) and the settings the controllers run with.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use nats_cdr_observability::LogFormat;
+
+/// Flags of the operator binary. Every flag has an environment fallback.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "nats-cdr-operator", version, about)]
+pub struct Args {
+    /// Namespaces to watch, comma-separated; all namespaces when empty.
+    #[arg(long, env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "json")]
+    pub log_format: LogFormat,
+    /// Log filter (`info`, `info,nats_cdr_operator=debug`).
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_level: String,
+    /// Period of the full resync of every object (jittered by up to 10 %), e.g. `5m`.
+    #[arg(long, env = "RESYNC_PERIOD", default_value = "5m", value_parser = parse_duration)]
+    pub resync_period: Duration,
+    /// How often live figures (messages, bytes, pending) are copied into status, e.g. `1m`.
+    #[arg(long, env = "STATUS_REFRESH", default_value = "1m", value_parser = parse_duration)]
+    pub status_refresh: Duration,
+    /// Timeout of every JetStream API call, e.g. `5s`.
+    #[arg(long, env = "NATS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub nats_timeout: Duration,
+    /// Longest retry delay of a failing object (backoff starts at 1 s and doubles).
+    #[arg(long, env = "MAX_BACKOFF", default_value = "5m", value_parser = parse_duration)]
+    pub max_backoff: Duration,
+    /// Objects reconciled concurrently per kind.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
+    pub concurrency: u16,
+    /// Run only while holding a coordination.k8s.io Lease (set when running several replicas).
+    #[arg(long, env = "LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+    /// Name of the Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "nats-cdr-operator")]
+    pub lease_name: String,
+    /// Namespace of the Lease.
+    #[arg(long, env = "LEASE_NAMESPACE", default_value = "nats-cdr-system")]
+    pub lease_namespace: String,
+    /// Identity written into the Lease; the pod name (`POD_NAME`) or the host name when unset.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    nats_cdr_crds::units::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// What the controllers run with (built from [`Args`], or directly by tests and the bench).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Namespaces to watch; all when empty.
+    pub namespaces: Vec<String>,
+    /// Resync period of objects that are in sync (jittered by up to 10 %).
+    pub resync_period: Duration,
+    /// Least time between two status writes that only refresh live figures.
+    pub status_refresh: Duration,
+    /// Timeout of each JetStream API call and of connecting.
+    pub nats_timeout: Duration,
+    /// First retry delay of a failing object.
+    pub min_backoff: Duration,
+    /// Longest retry delay of a failing object.
+    pub max_backoff: Duration,
+    /// How often an object waiting for something else (its stream, its cluster) looks again.
+    pub dependency_poll: Duration,
+    /// Objects reconciled concurrently per kind.
+    pub concurrency: u16,
+    /// Leader election; `None` runs the controllers at once.
+    pub leader_election: Option<crate::leader::LeaseSettings>,
+    /// Name of this instance in Events and the Lease.
+    pub identity: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            resync_period: Duration::from_secs(300),
+            status_refresh: Duration::from_secs(60),
+            nats_timeout: Duration::from_secs(5),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            dependency_poll: Duration::from_secs(10),
+            concurrency: 8,
+            leader_election: None,
+            identity: default_identity(),
+        }
+    }
+}
+
+impl From<&Args> for Settings {
+    fn from(args: &Args) -> Self {
+        let identity = args.identity.clone().unwrap_or_else(default_identity);
+        Self {
+            namespaces: args
+                .namespaces
+                .iter()
+                .filter(|n| !n.is_empty())
+                .cloned()
+                .collect(),
+            resync_period: args.resync_period,
+            status_refresh: args.status_refresh,
+            nats_timeout: args.nats_timeout,
+            max_backoff: args.max_backoff,
+            concurrency: args.concurrency,
+            leader_election: args.leader_election.then(|| crate::leader::LeaseSettings {
+                name: args.lease_name.clone(),
+                namespace: args.lease_namespace.clone(),
+                identity: identity.clone(),
+                ..crate::leader::LeaseSettings::default()
+            }),
+            identity,
+            ..Self::default()
+        }
+    }
+}
+
+fn default_identity() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| format!("nats-cdr-operator-{}", std::process::id()))
+}
+
+/// `base` plus up to 10 % of it, so that objects created together do not resync together.
+pub fn jittered(base: Duration, seed: &str) -> Duration {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    seed.hash(&mut hasher);
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default()
+        .hash(&mut hasher);
+    let permille = hasher.finish() % 100;
+    base + base * u32::try_from(permille).unwrap_or(0) / 1000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn flags_parse_with_human_durations() {
+        let args = Args::parse_from([
+            "op",
+            "--namespaces",
+            "a,b",
+            "--resync-period",
+            "30s",
+            "--leader-election",
+        ]);
+        let settings = Settings::from(&args);
+        assert_eq!(settings.namespaces, vec!["a", "b"]);
+        assert_eq!(settings.resync_period, Duration::from_secs(30));
+        assert!(settings.leader_election.is_some());
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for i in 0..100 {
+            let d = jittered(Duration::from_secs(100), &i.to_string());
+            assert!(d >= Duration::from_secs(100) && d <= Duration::from_secs(110));
+        }
+    }
+}
