@@ -1,0 +1,202 @@
+//! NATS: the connection, the stream and durable consumer, and pulling a batch.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::pull::Config as PullConfig;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use async_nats::jetstream::{self, Message};
+use futures::StreamExt;
+
+use super::config::{ConsumerMode, NatsAuth, WorkerConfig};
+use crate::contract::subjects::STREAM_SUBJECTS;
+
+/// Failure to talk to NATS.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsError {
+    /// The connect options are unusable (e.g. an unreadable credentials file).
+    #[error("cannot read NATS credentials file {path}")]
+    Credentials {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Connecting failed.
+    #[error("cannot connect to NATS")]
+    Connect(#[source] async_nats::ConnectError),
+    /// The stream is missing or unreadable.
+    #[error("stream {stream} is unavailable: {message}")]
+    Stream {
+        /// The stream.
+        stream: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// The consumer is missing or cannot be created.
+    #[error("consumer {consumer} is unavailable: {message}")]
+    Consumer {
+        /// The consumer.
+        consumer: String,
+        /// What went wrong.
+        message: String,
+    },
+    /// A pull request failed.
+    #[error("pulling messages failed: {0}")]
+    Fetch(String),
+}
+
+impl NatsError {
+    /// Short category for logs and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Credentials { .. } => "nats_credentials",
+            Self::Connect(_) => "nats_connect",
+            Self::Stream { .. } => "stream_unavailable",
+            Self::Consumer { .. } => "consumer_unavailable",
+            Self::Fetch(_) => "fetch",
+        }
+    }
+}
+
+/// Connects to NATS. The client keeps reconnecting by itself for ever, also when the server is
+/// not up yet at start.
+pub async fn connect(config: &WorkerConfig) -> Result<async_nats::Client, NatsError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("cdr-worker")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5));
+    match &config.nats_auth {
+        NatsAuth::None => {}
+        NatsAuth::CredsFile(path) => {
+            options =
+                options
+                    .credentials_file(path)
+                    .await
+                    .map_err(|source| NatsError::Credentials {
+                        path: path.display().to_string(),
+                        source,
+                    })?;
+        }
+        NatsAuth::UserPassword { user, password } => {
+            options = options.user_and_password(user.clone(), password.clone());
+        }
+    }
+    options
+        .connect(config.nats_url.as_str())
+        .await
+        .map_err(NatsError::Connect)
+}
+
+/// Looks the stream up, creating it first when `config.create_stream` says so.
+pub async fn stream(
+    js: &jetstream::Context,
+    config: &WorkerConfig,
+) -> Result<jetstream::stream::Stream, NatsError> {
+    let result = if config.create_stream {
+        js.get_or_create_stream(StreamConfig {
+            name: config.stream.clone(),
+            subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+            storage: StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..StreamConfig::default()
+        })
+        .await
+        .map_err(|e| e.to_string())
+    } else {
+        js.get_stream(&config.stream)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    result.map_err(|message| NatsError::Stream {
+        stream: config.stream.clone(),
+        message,
+    })
+}
+
+/// The consumer settings the worker asks for in [`ConsumerMode::Ensure`].
+pub fn consumer_config(config: &WorkerConfig) -> PullConfig {
+    PullConfig {
+        durable_name: Some(config.durable.clone()),
+        description: Some("cdr-worker: cdr.raw into PostgreSQL".to_owned()),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: config.max_deliver,
+        filter_subject: config.filter_subject.clone(),
+        max_ack_pending: config.max_ack_pending(),
+        ..PullConfig::default()
+    }
+}
+
+/// The durable consumer: created (or updated) to [`consumer_config`], or expected to exist.
+pub async fn consumer(
+    stream: &jetstream::stream::Stream,
+    config: &WorkerConfig,
+) -> Result<PullConsumer, NatsError> {
+    let result = match config.consumer_mode {
+        ConsumerMode::Ensure => stream
+            .create_consumer(consumer_config(config))
+            .await
+            .map_err(|e| e.to_string()),
+        ConsumerMode::Expect => stream
+            .get_consumer(&config.durable)
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    result.map_err(|message| NatsError::Consumer {
+        consumer: config.durable.clone(),
+        message,
+    })
+}
+
+/// Pulls up to `batch_size` messages. Takes what is available at once; when nothing is, waits
+/// up to `expiry` for the first message and returns with it (the next pull gets the rest), so
+/// an idle worker makes one request per `expiry` and a busy one never waits.
+pub async fn fetch(
+    consumer: &PullConsumer,
+    batch_size: usize,
+    expiry: Duration,
+) -> Result<Vec<Message>, NatsError> {
+    let immediate = collect(
+        consumer
+            .fetch()
+            .max_messages(batch_size)
+            .messages()
+            .await
+            .map_err(|e| NatsError::Fetch(e.to_string()))?,
+    )
+    .await?;
+    if !immediate.is_empty() {
+        return Ok(immediate);
+    }
+    collect(
+        consumer
+            .batch()
+            .max_messages(1)
+            .expires(expiry)
+            .messages()
+            .await
+            .map_err(|e| NatsError::Fetch(e.to_string()))?,
+    )
+    .await
+}
+
+/// Drains one pull response. An error after some messages keeps those messages.
+async fn collect(
+    mut batch: async_nats::jetstream::consumer::pull::Batch,
+) -> Result<Vec<Message>, NatsError> {
+    let mut messages = Vec::new();
+    while let Some(item) = batch.next().await {
+        match item {
+            Ok(message) => messages.push(message),
+            Err(error) if messages.is_empty() => return Err(NatsError::Fetch(error.to_string())),
+            Err(error) => {
+                tracing::debug!(%error, "pull ended early");
+                break;
+            }
+        }
+    }
+    Ok(messages)
+}
