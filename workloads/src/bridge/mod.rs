@@ -93,7 +93,7 @@ pub async fn run(
         let telemetry = Telemetry::new(registry, readiness.clone());
         let mut stop = stop_rx.clone();
         let (bound, _task) = nats_cdr_observability::serve(addr, telemetry, async move {
-            let _ = stop.wait_for(|stopped| *stopped).await;
+            stopped(&mut stop).await;
         })
         .await
         .map_err(BridgeError::Telemetry)?;
@@ -150,6 +150,11 @@ pub async fn run(
     result
 }
 
+/// Completes once shutdown was asked for (or can no longer be told).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
+}
+
 /// The publish window and the checkpoint of its acked prefix.
 struct Pipeline<'a> {
     config: &'a BridgeConfig,
@@ -187,7 +192,7 @@ impl Pipeline<'_> {
             self.metrics.in_flight.set(in_flight.len() as i64);
             tokio::select! {
                 biased;
-                _ = stop.wait_for(|stopped| *stopped) => break,
+                () = stopped(&mut stop) => break,
                 Some(line) = in_flight.next(), if !in_flight.is_empty() => {
                     self.acked = Some(line.checkpoint());
                     // Take every other ack that is already in, without a new select round.
@@ -267,7 +272,10 @@ impl Pipeline<'_> {
                 }
             }
         }
-        let current = self.current_file.lock().ok().and_then(|c| *c);
+        let current = match self.current_file.lock() {
+            Ok(current) => *current,
+            Err(_) => None,
+        };
         if let Some((id, size)) = current {
             let done = match &self.saved {
                 Some(saved) if saved.file == id => saved.offset,
@@ -313,7 +321,7 @@ async fn create_stream(
                     publish::backoff_delay(config.backoff_initial, config.backoff_max, attempt);
                 attempt += 1;
                 tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
+                    () = stopped(&mut stop) => return,
                     () = tokio::time::sleep(delay) => {}
                 }
             }

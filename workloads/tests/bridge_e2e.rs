@@ -1,0 +1,536 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! kam-cdr-bridge against a real nats-server. The stream is created here, as the operator would,
+//! and its content is checked with plain async-nats stream reads, not with the bridge's code.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream;
+use futures::StreamExt;
+use nats_cdr_testsupport::{NatsOptions, NatsServer};
+use nats_cdr_workloads::bridge::{self, BridgeConfig};
+use nats_cdr_workloads::contract::headers::{
+    CDR_SOURCE, CORRELATION_ID, DLQ_DETAIL, DLQ_REASON, NATS_MSG_ID, TRACEPARENT,
+};
+use nats_cdr_workloads::contract::msg_id::msg_id;
+use nats_cdr_workloads::contract::subjects::{CDR_RAW, DEFAULT_STREAM_NAME, STREAM_SUBJECTS};
+
+const NODE: &str = "sip-01";
+
+/// One stored message, as read back from the stream.
+#[derive(Debug, Clone)]
+struct Stored {
+    subject: String,
+    headers: HashMap<String, String>,
+    payload: Vec<u8>,
+}
+
+async fn create_stream(url: &str) -> jetstream::Context {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = jetstream::new(client);
+    js.create_stream(jetstream::stream::Config {
+        name: DEFAULT_STREAM_NAME.to_owned(),
+        subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
+        storage: jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
+}
+
+async fn message_count(js: &jetstream::Context) -> u64 {
+    let mut stream = js.get_stream(DEFAULT_STREAM_NAME).await.unwrap();
+    stream.info().await.unwrap().state.messages
+}
+
+/// Every message of the stream, by sequence.
+async fn read_all(js: &jetstream::Context) -> Vec<Stored> {
+    let mut stream = js.get_stream(DEFAULT_STREAM_NAME).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    for seq in state.first_sequence..=state.last_sequence {
+        if state.messages == 0 {
+            break;
+        }
+        let Ok(message) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        let headers = message
+            .headers
+            .iter()
+            .flat_map(|(name, values)| {
+                values
+                    .iter()
+                    .map(move |v| (name.to_string(), v.as_str().to_owned()))
+            })
+            .collect();
+        out.push(Stored {
+            subject: message.subject.to_string(),
+            headers,
+            payload: message.payload.to_vec(),
+        });
+    }
+    out
+}
+
+async fn wait_for_count(js: &jetstream::Context, want: u64, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let have = message_count(js).await;
+        if have >= want {
+            return;
+        }
+        assert!(
+            start.elapsed() < within,
+            "stream has {have} messages, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Asserts that the raw messages are exactly `lines`, each once, with the contract's headers.
+fn assert_exactly_once(stored: &[Stored], lines: &[String]) {
+    let raw: Vec<&Stored> = stored.iter().filter(|m| m.subject == CDR_RAW).collect();
+    let mut per_id: HashMap<&str, usize> = HashMap::new();
+    for message in &raw {
+        *per_id
+            .entry(message.headers.get(NATS_MSG_ID).unwrap().as_str())
+            .or_default() += 1;
+    }
+    for line in lines {
+        let id = msg_id(NODE, line.as_bytes());
+        assert_eq!(per_id.get(id.as_str()), Some(&1), "line {line} stored once");
+    }
+    assert_eq!(raw.len(), lines.len(), "no other raw messages");
+}
+
+/// An acc_json line; every third has a syslog prefix.
+fn cdr_line(tag: &str, i: usize) -> String {
+    let (method, code) = match i % 3 {
+        0 => ("INVITE", "200"),
+        1 => ("BYE", "200"),
+        _ => ("INVITE", "486"),
+    };
+    let json = format!(
+        r#"{{"method":"{method}","from_tag":"f{i}","to_tag":"t{i}","callid":"{tag}-call-{i}","sip_code":"{code}","sip_reason":"OK","time":{},"src_user":"alice","dst_user":"bob","pad":"{}"}}"#,
+        1_700_000_000 + i,
+        "x".repeat(200),
+    );
+    if i % 3 == 2 {
+        format!("Nov 22 10:00:00 {NODE} json_acc[812]: {json}")
+    } else {
+        json
+    }
+}
+
+fn lines(tag: &str, range: std::ops::Range<usize>) -> Vec<String> {
+    range.map(|i| cdr_line(tag, i)).collect()
+}
+
+fn append(path: &Path, lines: &[String]) {
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let mut text = String::new();
+    for line in lines {
+        text.push_str(line);
+        text.push('\n');
+    }
+    file.write_all(text.as_bytes()).unwrap();
+}
+
+fn config(url: &str, dir: &Path) -> BridgeConfig {
+    let mut config = BridgeConfig::new(
+        dir.join("cdr.jsonl"),
+        dir.join("state/checkpoint.json"),
+        url.to_owned(),
+        NODE.to_owned(),
+    );
+    config.poll_interval = Duration::from_millis(50);
+    config.checkpoint_interval = Duration::from_millis(200);
+    config.rotate_grace = Duration::from_millis(300);
+    config.backoff_initial = Duration::from_millis(50);
+    config.backoff_max = Duration::from_secs(1);
+    config.ack_timeout = Duration::from_secs(2);
+    config
+}
+
+/// The bridge running in this process; stops gracefully on drop of the sender.
+struct Running {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), bridge::BridgeError>>,
+}
+
+impl Running {
+    fn start(config: BridgeConfig) -> Self {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(bridge::run(config, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(20), &mut self.task)
+            .await
+            .expect("bridge stops in time")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_each_line_once_with_headers_and_call_events() {
+    let nats = NatsServer::start().unwrap();
+    let js = create_stream(&nats.url()).await;
+    let watcher = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = watcher.subscribe("call.events.>").await.unwrap();
+    watcher.flush().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&nats.url(), dir.path());
+    let file = config.file.clone();
+    let mut all = lines("basic", 0..30);
+    let traced = r#"{"method":"INVITE","callid":"traced-1","sip_code":"200","time":1700000000,"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#.to_owned();
+    all.push(traced.clone());
+    append(&file, &all[..10]);
+    let bridge = Running::start(config);
+    append(&file, &all[10..]);
+    wait_for_count(&js, all.len() as u64, Duration::from_secs(30)).await;
+
+    let stored = read_all(&js).await;
+    assert_exactly_once(&stored, &all);
+    for message in &stored {
+        assert_eq!(
+            message.headers.get(CDR_SOURCE).map(String::as_str),
+            Some(NODE)
+        );
+        let line = String::from_utf8(message.payload.clone()).unwrap();
+        assert!(all.contains(&line), "payload is the line as read");
+        let record = nats_cdr_workloads::contract::parse_line(&message.payload).unwrap();
+        assert_eq!(
+            message.headers.get(CORRELATION_ID),
+            Some(&record.call_id),
+            "correlation id is the call id"
+        );
+    }
+    let traced_msg = stored
+        .iter()
+        .find(|m| m.payload == traced.as_bytes())
+        .unwrap();
+    assert_eq!(
+        traced_msg.headers.get(TRACEPARENT).map(String::as_str),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+
+    // Every line here has a call phase: 10 start, 10 end, 10 failed, and the traced start.
+    let mut phases: HashMap<String, usize> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while phases.values().sum::<usize>() < all.len() && Instant::now() < deadline {
+        if let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(1), events.next()).await {
+            let body: serde_json::Value = serde_json::from_slice(&event.payload).unwrap();
+            assert_eq!(body["node"], NODE);
+            assert_eq!(
+                body["phase"],
+                event.subject.as_str().trim_start_matches("call.events.")
+            );
+            assert!(body["callid"].as_str().is_some());
+            *phases.entry(event.subject.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(phases.get("call.events.start"), Some(&11), "{phases:?}");
+    assert_eq!(phases.get("call.events.end"), Some(&10), "{phases:?}");
+    assert_eq!(phases.get("call.events.failed"), Some(&10), "{phases:?}");
+    bridge.stop().await;
+
+    // The checkpoint is at the end of the file after a graceful stop.
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("state/checkpoint.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        checkpoint["offset"].as_u64(),
+        Some(std::fs::metadata(&file).unwrap().len())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_the_newline_of_a_partial_line() {
+    let nats = NatsServer::start().unwrap();
+    let js = create_stream(&nats.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&nats.url(), dir.path());
+    let file = config.file.clone();
+    let line = cdr_line("partial", 0);
+    let (first, second) = line.split_at(line.len() / 2);
+    std::fs::write(&file, first).unwrap();
+    let bridge = Running::start(config);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(message_count(&js).await, 0, "half a line is not published");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    f.write_all(format!("{second}\n").as_bytes()).unwrap();
+    wait_for_count(&js, 1, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&read_all(&js).await, &[line]);
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waits_for_a_file_that_does_not_exist_yet() {
+    let nats = NatsServer::start().unwrap();
+    let js = create_stream(&nats.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&nats.url(), dir.path());
+    let file = config.file.clone();
+    let bridge = Running::start(config);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let all = lines("late", 0..20);
+    append(&file, &all);
+    wait_for_count(&js, 20, Duration::from_secs(20)).await;
+    assert_exactly_once(&read_all(&js).await, &all);
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follows_rename_rotation_and_copytruncate() {
+    let nats = NatsServer::start().unwrap();
+    let js = create_stream(&nats.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&nats.url(), dir.path());
+    let file = config.file.clone();
+    let bridge = Running::start(config);
+
+    // Rename-and-create, with the writer still appending to the old file after the rename.
+    let mut expected = lines("rot", 0..100);
+    append(&file, &expected);
+    // The bridge must have the old file open before it is renamed away.
+    wait_for_count(&js, 100, Duration::from_secs(30)).await;
+    let mut old = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .unwrap();
+    std::fs::rename(&file, dir.path().join("cdr.jsonl.1")).unwrap();
+    let late = lines("rot", 100..120);
+    for line in &late {
+        old.write_all(format!("{line}\n").as_bytes()).unwrap();
+    }
+    drop(old);
+    expected.extend(late);
+    let fresh = lines("rot", 120..220);
+    append(&file, &fresh);
+    expected.extend(fresh);
+    wait_for_count(&js, 220, Duration::from_secs(30)).await;
+
+    // Copytruncate: copy, truncate in place, keep writing from offset 0.
+    std::fs::copy(&file, dir.path().join("cdr.jsonl.2")).unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = lines("rot", 220..320);
+    append(&file, &after);
+    expected.extend(after);
+    wait_for_count(&js, 320, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&read_all(&js).await, &expected);
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loses_nothing_while_nats_restarts() {
+    let mut nats = NatsServer::start().unwrap();
+    let js = create_stream(&nats.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&nats.url(), dir.path());
+    let file = config.file.clone();
+    let bridge = Running::start(config);
+    let all = lines("restart", 0..3000);
+    append(&file, &all[..1000]);
+    wait_for_count(&js, 1, Duration::from_secs(20)).await;
+    // Keep appending while the server goes away and comes back.
+    let writer_file = file.clone();
+    let rest = all[1000..].to_vec();
+    let writer = tokio::task::spawn_blocking(move || {
+        for chunk in rest.chunks(100) {
+            append(&writer_file, chunk);
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    });
+    nats = tokio::task::spawn_blocking(move || {
+        nats.stop_node(0).unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+        nats.restart_node(0).unwrap();
+        nats
+    })
+    .await
+    .unwrap();
+    writer.await.unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    wait_for_count(&js, 3000, Duration::from_secs(40)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&read_all(&js).await, &all);
+    bridge.stop().await;
+}
+
+fn spawn_bridge_binary(url: &str, dir: &Path) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_kam-cdr-bridge"))
+        .args(["--node-name", NODE, "--nats-url", url, "--in-flight", "64"])
+        .args([
+            "--poll-interval-ms",
+            "50",
+            "--checkpoint-interval-ms",
+            "100",
+        ])
+        .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
+        .arg("--file")
+        .arg(dir.join("cdr.jsonl"))
+        .arg("--checkpoint")
+        .arg(dir.join("state/checkpoint.json"))
+        .env_remove("RUST_LOG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.join("bridge.log")).unwrap())
+        .spawn()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_and_restart_resumes_from_the_checkpoint() {
+    let nats = NatsServer::start().unwrap();
+    let js = create_stream(&nats.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let all = lines("kill", 0..5000);
+    append(&dir.path().join("cdr.jsonl"), &all);
+    let mut child = spawn_bridge_binary(&nats.url(), dir.path());
+    wait_for_count(&js, 800, Duration::from_secs(30)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let at_kill = message_count(&js).await;
+    let checkpoint: PathBuf = dir.path().join("state/checkpoint.json");
+    assert!(
+        checkpoint.exists(),
+        "a checkpoint was written before the kill"
+    );
+    assert!(at_kill < 5000, "killed mid-stream ({at_kill} stored)");
+
+    let mut child = spawn_bridge_binary(&nats.url(), dir.path());
+    wait_for_count(&js, 5000, Duration::from_secs(40)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nix_term(&mut child);
+    assert_exactly_once(&read_all(&js).await, &all);
+    let log = std::fs::read_to_string(dir.path().join("bridge.log")).unwrap();
+    assert!(log.contains("tailing file"), "{log}");
+}
+
+/// SIGTERM, then wait: the graceful path of the binary.
+fn nix_term(child: &mut std::process::Child) {
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            assert!(
+                status.success(),
+                "bridge exits cleanly on SIGTERM: {status}"
+            );
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    panic!("bridge did not stop on SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_malformed_and_oversized_lines() {
+    let nats = NatsServer::start_with(NatsOptions {
+        max_payload: Some(4096),
+        ..NatsOptions::default()
+    })
+    .unwrap();
+    let js = create_stream(&nats.url()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&nats.url(), dir.path());
+    let file = config.file.clone();
+    let valid_before = cdr_line("dlq", 0);
+    let valid_after = cdr_line("dlq", 1);
+    let not_json = "Nov 22 10:00:00 sip-01 kamailio[1]: this is not a CDR".to_owned();
+    let no_callid = r#"{"method":"INVITE","sip_code":"200","time":1700000000}"#.to_owned();
+    let bad_time =
+        r#"{"method":"INVITE","callid":"c-bad","sip_code":"200","time":"yesterday"}"#.to_owned();
+    let huge = format!(
+        r#"{{"method":"INVITE","callid":"c-huge","sip_code":"200","time":1700000000,"pad":"{}"}}"#,
+        "y".repeat(10_000)
+    );
+    let all = vec![
+        valid_before.clone(),
+        not_json.clone(),
+        no_callid.clone(),
+        huge.clone(),
+        bad_time.clone(),
+        valid_after.clone(),
+    ];
+    append(&file, &all);
+    let bridge = Running::start(config);
+    wait_for_count(&js, 6, Duration::from_secs(20)).await;
+    let stored = read_all(&js).await;
+    assert_exactly_once(&stored, &[valid_before, valid_after]);
+
+    let by_subject = |subject: &str| -> Vec<&Stored> {
+        stored.iter().filter(|m| m.subject == subject).collect()
+    };
+    for (subject, reason, line) in [
+        ("cdr.dlq.not_json", "not_json", &not_json),
+        ("cdr.dlq.missing_callid", "missing_callid", &no_callid),
+        ("cdr.dlq.bad_time", "bad_time", &bad_time),
+    ] {
+        let found = by_subject(subject);
+        assert_eq!(found.len(), 1, "{subject}");
+        assert_eq!(
+            found[0].headers.get(DLQ_REASON).map(String::as_str),
+            Some(reason)
+        );
+        assert!(!found[0].headers.get(DLQ_DETAIL).unwrap().is_empty());
+        assert_eq!(found[0].payload, line.as_bytes(), "original bytes");
+        assert_eq!(
+            found[0].headers.get(NATS_MSG_ID),
+            Some(&msg_id(NODE, line.as_bytes()))
+        );
+    }
+    let oversized = by_subject("cdr.dlq.oversized");
+    assert_eq!(oversized.len(), 1);
+    let letter = oversized[0];
+    assert_eq!(
+        letter.headers.get(DLQ_REASON).map(String::as_str),
+        Some("oversized")
+    );
+    assert_eq!(
+        letter.headers.get("cdr-dlq-truncated").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        letter.headers.get("cdr-dlq-original-size"),
+        Some(&huge.len().to_string())
+    );
+    assert!(letter.payload.len() > 1000 && letter.payload.len() < 4096);
+    assert!(
+        huge.as_bytes().starts_with(&letter.payload),
+        "a prefix of the line"
+    );
+    bridge.stop().await;
+}
