@@ -166,7 +166,7 @@ impl Publisher {
                 Err(error) => {
                     self.metrics.publish_retries.inc();
                     let delay = backoff_delay(self.backoff_initial, self.backoff_max, attempt);
-                    if attempt % 10 == 0 {
+                    if attempt.is_multiple_of(10) {
                         tracing::warn!(error = %error, attempt, delay_ms = delay.as_millis() as u64, subject = %message.subject, "publish failed; retrying");
                     }
                     attempt = attempt.saturating_add(1);
