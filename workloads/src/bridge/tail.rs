@@ -215,7 +215,13 @@ impl Tailer {
             path: self.path.clone(),
             source,
         };
-        let metadata = file.metadata().map_err(open_err)?;
+        let (file, metadata) = match self.rotated_checkpoint_file(&file) {
+            Some(rotated) => rotated,
+            None => {
+                let metadata = file.metadata().map_err(open_err)?;
+                (file, metadata)
+            }
+        };
         let id = FileId::of(&metadata);
         let offset = checkpoint::resume_offset(self.resume.take().as_ref(), &file, metadata.len())
             .map_err(open_err)?;
@@ -232,6 +238,36 @@ impl Tailer {
             rotated_since: None,
         });
         Ok(true)
+    }
+
+    /// At start-up, when the path names another file than the checkpoint: the checkpoint's file
+    /// if it was rotated (renamed) into the same directory and still has its first bytes, so
+    /// its unacknowledged end is read before the new file.
+    fn rotated_checkpoint_file(&self, at_path: &File) -> Option<(File, std::fs::Metadata)> {
+        let resume = self.resume.as_ref()?;
+        if FileId::of(&at_path.metadata().ok()?) == resume.file {
+            return None;
+        }
+        let dir = match self.path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        for entry in std::fs::read_dir(dir).ok()?.flatten() {
+            let Ok(metadata) = entry.metadata() else {
+                continue;
+            };
+            if !metadata.is_file() || FileId::of(&metadata) != resume.file {
+                continue;
+            }
+            let file = File::open(entry.path()).ok()?;
+            let offset = checkpoint::resume_offset(Some(resume), &file, metadata.len()).ok()?;
+            if offset == 0 {
+                return None;
+            }
+            tracing::info!(rotated = %entry.path().display(), offset, "finishing the rotated file of the checkpoint first");
+            return Some((file, metadata));
+        }
+        None
     }
 
     /// Notices copytruncate (the file is shorter than what was read, or its first bytes
@@ -483,6 +519,21 @@ mod tests {
         // copytruncate then regrowth past the old offset before the next poll.
         std::fs::write(&path, b"eeeeeeeeee\n").unwrap();
         assert_eq!(poll_all(&mut tailer), ["eeeeeeeeee"]);
+    }
+
+    #[test]
+    fn finishes_the_rotated_file_of_the_checkpoint_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cdr.jsonl");
+        append(&path, b"a\nb\n");
+        let mut tailer = Tailer::new(path.clone(), None, 1024, Duration::ZERO);
+        let mut out = Vec::new();
+        tailer.poll(&mut out, 10).unwrap();
+        let ck = out[0].checkpoint(); // only "a" acked before the crash
+        std::fs::rename(&path, dir.path().join("cdr.jsonl.1")).unwrap();
+        append(&path, b"c\n");
+        let mut again = Tailer::new(path, Some(ck), 1024, Duration::ZERO);
+        assert_eq!(poll_all(&mut again), ["b", "c"]);
     }
 
     #[test]
