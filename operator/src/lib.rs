@@ -161,6 +161,16 @@ impl Context {
     }
 }
 
+/// Completes when leadership is lost (never, when the elector is gone).
+async fn lost(leading: &mut watch::Receiver<bool>) {
+    while leading.changed().await.is_ok() {
+        if !*leading.borrow() {
+            return;
+        }
+    }
+    std::future::pending::<()>().await;
+}
+
 /// The operator: build it, then [`Operator::run`] until shutdown.
 pub struct Operator {
     client: Client,
@@ -209,11 +219,20 @@ impl Operator {
             let _ = stop_tx.send(true);
         });
         let (lead_tx, mut lead_rx) = watch::channel(self.settings.leader_election.is_none());
-        let elector = self.settings.leader_election.clone().map(|lease| {
-            let client = self.client.clone();
-            let stop = stop_rx.clone();
-            tokio::spawn(leader::run(client, lease, lead_tx, stop))
-        });
+        // Without election the sender stays here, so that leadership never "changes".
+        let mut _always_leading = None;
+        let elector = match self.settings.leader_election.clone() {
+            Some(lease) => Some(tokio::spawn(leader::run(
+                self.client.clone(),
+                lease,
+                lead_tx,
+                stop_rx.clone(),
+            ))),
+            None => {
+                _always_leading = Some(lead_tx);
+                None
+            }
+        };
         let mut stop = stop_rx.clone();
         loop {
             if *stop.borrow() {
@@ -234,7 +253,7 @@ impl Operator {
             tokio::pin!(controllers);
             tokio::select! {
                 () = &mut controllers => {}
-                _ = async { while lead_rx.changed().await.is_ok() { if !*lead_rx.borrow() { break } } } => {
+                () = lost(&mut lead_rx) => {
                     tracing::warn!("lost the leader Lease: stopping controllers");
                 }
                 _ = stop.changed() => {

@@ -1,0 +1,799 @@
+//! The operator in-process against a real kube-apiserver and a real nats-server. The server side
+//! is checked with the `nats` CLI, never through the operator's own code.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use nats_cdr_crds::{JetStreamConsumer, JetStreamStream, NatsCluster};
+use nats_cdr_operator::{Metrics, Operator, Settings};
+use nats_cdr_testsupport::{NatsServer, binaries, install_crds, shared_api_cluster, wait_for};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+const T: Duration = Duration::from_secs(30);
+
+struct Running {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Arc<Metrics>,
+}
+
+impl Running {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(20), self.task).await;
+    }
+}
+
+fn settings(ns: &str) -> Settings {
+    Settings {
+        namespaces: vec![ns.to_owned()],
+        resync_period: Duration::from_secs(2),
+        status_refresh: Duration::from_secs(1),
+        nats_timeout: Duration::from_secs(1),
+        min_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(2),
+        dependency_poll: Duration::from_secs(1),
+        ..Settings::default()
+    }
+}
+
+fn start(client: Client, settings: Settings) -> Running {
+    let operator = Operator::new(client, settings);
+    let metrics = operator.metrics();
+    let (stop, rx) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        let mut rx = rx;
+        operator
+            .run(async move {
+                let _ = rx.wait_for(|v| *v).await;
+            })
+            .await
+            .expect("operator run");
+    });
+    Running {
+        stop,
+        task,
+        metrics,
+    }
+}
+
+struct Env {
+    client: Client,
+    ns: String,
+    nats: NatsServer,
+}
+
+async fn env(prefix: &str) -> Env {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+        .with_test_writer()
+        .try_init();
+    let cluster = shared_api_cluster().await.expect("test cluster");
+    let client = cluster.client().await.expect("client");
+    install_crds(&client).await.expect("CRDs");
+    let ns = cluster.new_namespace(prefix).await.expect("namespace");
+    let nats = NatsServer::start().expect("nats-server");
+    apply(
+        &client,
+        &ns,
+        json!({
+            "apiVersion": "nats-cdr.dev/v1alpha1", "kind": "NatsCluster",
+            "metadata": {"name": "nats"},
+            "spec": {"external": {"url": nats.url()}}
+        }),
+    )
+    .await;
+    Env { client, ns, nats }
+}
+
+async fn apply(client: &Client, ns: &str, obj: Value) {
+    let kind = obj["kind"].as_str().unwrap().to_owned();
+    let name = obj["metadata"]["name"].as_str().unwrap().to_owned();
+    let pp = PatchParams::apply("test").force();
+    match kind.as_str() {
+        "NatsCluster" => {
+            Api::<NatsCluster>::namespaced(client.clone(), ns)
+                .patch(&name, &pp, &Patch::Apply(&obj))
+                .await
+                .unwrap();
+        }
+        "JetStreamStream" => {
+            Api::<JetStreamStream>::namespaced(client.clone(), ns)
+                .patch(&name, &pp, &Patch::Apply(&obj))
+                .await
+                .unwrap();
+        }
+        _ => {
+            Api::<JetStreamConsumer>::namespaced(client.clone(), ns)
+                .patch(&name, &pp, &Patch::Apply(&obj))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+fn stream(name: &str, stream: &str, extra: Value) -> Value {
+    let mut spec = json!({"clusterRef": {"name": "nats"}, "name": stream, "subjects": [format!("{}.>", stream.to_lowercase())]});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    json!({"apiVersion": "nats-cdr.dev/v1alpha1", "kind": "JetStreamStream", "metadata": {"name": name}, "spec": spec})
+}
+
+fn consumer(name: &str, stream: &str, durable: &str, extra: Value) -> Value {
+    let mut spec =
+        json!({"clusterRef": {"name": "nats"}, "streamName": stream, "durableName": durable});
+    for (k, v) in extra.as_object().unwrap() {
+        spec[k] = v.clone();
+    }
+    json!({"apiVersion": "nats-cdr.dev/v1alpha1", "kind": "JetStreamConsumer", "metadata": {"name": name}, "spec": spec})
+}
+
+/// (status, reason, message) of condition `type_`.
+fn condition<K: kube::Resource>(obj: &K, type_: &str) -> Option<(String, String, String)>
+where
+    K: serde::Serialize,
+{
+    let v = serde_json::to_value(obj).unwrap();
+    v["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().to_owned(),
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+                c["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+async fn get_stream(client: &Client, ns: &str, name: &str) -> Option<JetStreamStream> {
+    Api::<JetStreamStream>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await
+        .unwrap()
+}
+
+async fn wait_stream_reason(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reasons: &[&str],
+) -> JetStreamStream {
+    let what = format!("JetStreamStream {name} Ready reason in {reasons:?}");
+    let api = Api::<JetStreamStream>::namespaced(client.clone(), ns);
+    let result = wait_for(T, &what, || {
+        let api = api.clone();
+        async move {
+            let o = api.get_opt(name).await.ok().flatten();
+            o.and_then(|o| condition(&o, "Ready"))
+                .is_some_and(|(_, r, _)| reasons.contains(&r.as_str()))
+        }
+    })
+    .await;
+    let last = api.get_opt(name).await.unwrap();
+    if result.is_err() {
+        panic!(
+            "{what}: last seen {:?}",
+            last.as_ref().and_then(|o| o.status.clone())
+        );
+    }
+    last.unwrap()
+}
+
+async fn wait_consumer_reason(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    reasons: &[&str],
+) -> JetStreamConsumer {
+    let what = format!("JetStreamConsumer {name} Ready reason in {reasons:?}");
+    let api = Api::<JetStreamConsumer>::namespaced(client.clone(), ns);
+    let result = wait_for(T, &what, || {
+        let api = api.clone();
+        async move {
+            let o = api.get_opt(name).await.ok().flatten();
+            o.and_then(|o| condition(&o, "Ready"))
+                .is_some_and(|(_, r, _)| reasons.contains(&r.as_str()))
+        }
+    })
+    .await;
+    let last = api.get_opt(name).await.unwrap();
+    if result.is_err() {
+        panic!(
+            "{what}: last seen {:?}",
+            last.as_ref().and_then(|o| o.status.clone())
+        );
+    }
+    last.unwrap()
+}
+
+fn nats(url: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(binaries::find("nats").expect("nats CLI"))
+        .arg("--server")
+        .arg(url)
+        .args(args)
+        .env("NATS_CONTEXT", "")
+        .output()
+        .expect("run nats");
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `nats stream info NAME -j` as JSON, or None when the stream does not exist.
+fn server_stream(url: &str, name: &str) -> Option<Value> {
+    let (ok, out) = nats(url, &["stream", "info", name, "-j"]);
+    ok.then(|| serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}")))
+}
+
+fn server_consumer(url: &str, stream: &str, durable: &str) -> Option<Value> {
+    let (ok, out) = nats(url, &["consumer", "info", stream, durable, "-j"]);
+    ok.then(|| serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}")))
+}
+
+async fn wait_server<F: Fn(Option<Value>) -> bool>(
+    what: &str,
+    check: F,
+    probe: impl Fn() -> Option<Value>,
+) {
+    let start = std::time::Instant::now();
+    loop {
+        let v = probe();
+        if check(v.clone()) {
+            return;
+        }
+        if start.elapsed() > T {
+            panic!("{what}: server shows {v:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+const HOUR: u64 = 3_600_000_000_000;
+
+#[tokio::test]
+async fn cluster_status_reports_version_and_jetstream() {
+    let e = env("op-cluster").await;
+    let op = start(e.client.clone(), settings(&e.ns));
+    let api = Api::<NatsCluster>::namespaced(e.client.clone(), &e.ns);
+    wait_for(T, "NatsCluster Ready", || {
+        let api = api.clone();
+        async move {
+            let c = api.get("nats").await.unwrap();
+            condition(&c, "Ready").is_some_and(|(s, _, _)| s == "True")
+        }
+    })
+    .await
+    .unwrap();
+    let c = api.get("nats").await.unwrap();
+    let status = c.status.unwrap();
+    assert!(status.server_version.unwrap().starts_with("2."));
+    assert_eq!(status.jetstream_enabled, Some(true));
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn create_update_steady_state_and_delete() {
+    let e = env("op-crud").await;
+    let url = e.nats.url();
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(&e.client, &e.ns, stream("cdr", "AKIRA_CDR", json!({"maxAge": "1h", "duplicateWindow": "2m", "maxBytes": "10MiB", "deletionPolicy": "Delete"}))).await;
+    wait_stream_reason(&e.client, &e.ns, "cdr", &["Created", "InSync"]).await;
+    let info = server_stream(&url, "AKIRA_CDR").expect("stream on the server");
+    assert_eq!(info["config"]["max_age"].as_u64(), Some(HOUR));
+    assert_eq!(info["config"]["max_bytes"].as_u64(), Some(10 * 1024 * 1024));
+    assert_eq!(
+        info["config"]["duplicate_window"].as_u64(),
+        Some(120_000_000_000)
+    );
+    assert_eq!(info["config"]["storage"], "file");
+
+    // Steady state: several resyncs (2 s each) write nothing to NATS nor to the apiserver.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = get_stream(&e.client, &e.ns, "cdr").await.unwrap();
+    let writes = op.metrics.nats_write_count();
+    let api_writes = op.metrics.apiserver_write_count();
+    let reconciles = op.metrics.reconcile_count("JetStreamStream");
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let after = get_stream(&e.client, &e.ns, "cdr").await.unwrap();
+    assert!(
+        op.metrics.reconcile_count("JetStreamStream") >= reconciles + 2,
+        "resyncs ran"
+    );
+    assert_eq!(
+        before.resource_version(),
+        after.resource_version(),
+        "no status write in steady state"
+    );
+    assert_eq!(
+        op.metrics.nats_write_count(),
+        writes,
+        "no NATS write in steady state"
+    );
+    assert_eq!(op.metrics.apiserver_write_count(), api_writes);
+    let info2 = server_stream(&url, "AKIRA_CDR").unwrap();
+    assert_eq!(info["created"], info2["created"]);
+    assert_eq!(info["config"], info2["config"]);
+
+    // Update: maxAge 1h -> 2h is applied in place.
+    apply(&e.client, &e.ns, stream("cdr", "AKIRA_CDR", json!({"maxAge": "2h", "duplicateWindow": "2m", "maxBytes": "10MiB", "deletionPolicy": "Delete"}))).await;
+    wait_server(
+        "maxAge 2h",
+        |v| v.is_some_and(|v| v["config"]["max_age"].as_u64() == Some(2 * HOUR)),
+        || server_stream(&url, "AKIRA_CDR"),
+    )
+    .await;
+    let o = wait_stream_reason(&e.client, &e.ns, "cdr", &["Updated"]).await;
+    assert_eq!(
+        o.status.unwrap().common.observed_generation,
+        o.metadata.generation
+    );
+    assert_eq!(
+        server_stream(&url, "AKIRA_CDR").unwrap()["created"],
+        info["created"],
+        "updated in place, not recreated"
+    );
+
+    // Delete with deletionPolicy Delete removes the stream.
+    Api::<JetStreamStream>::namespaced(e.client.clone(), &e.ns)
+        .delete("cdr", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_server(
+        "stream deleted",
+        |v| v.is_none(),
+        || server_stream(&url, "AKIRA_CDR"),
+    )
+    .await;
+    wait_for(T, "object gone", || async {
+        get_stream(&e.client, &e.ns, "cdr").await.is_none()
+    })
+    .await
+    .unwrap();
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn drift_is_reverted_and_counted() {
+    let e = env("op-drift").await;
+    let url = e.nats.url();
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(
+        &e.client,
+        &e.ns,
+        stream("d", "DRIFT", json!({"maxAge": "1h"})),
+    )
+    .await;
+    wait_stream_reason(&e.client, &e.ns, "d", &["Created", "InSync"]).await;
+
+    let (ok, out) = nats(&url, &["stream", "edit", "DRIFT", "--max-age=5h", "-f"]);
+    assert!(ok, "{out}");
+    wait_server(
+        "edit reverted",
+        |v| v.is_some_and(|v| v["config"]["max_age"].as_u64() == Some(HOUR)),
+        || server_stream(&url, "DRIFT"),
+    )
+    .await;
+    wait_stream_reason(&e.client, &e.ns, "d", &["DriftRepaired"]).await;
+    assert!(op.metrics.drift_repair_count("JetStreamStream") >= 1);
+
+    let (ok, out) = nats(&url, &["stream", "rm", "DRIFT", "-f"]);
+    assert!(ok, "{out}");
+    let repairs = op.metrics.drift_repair_count("JetStreamStream");
+    wait_server(
+        "stream recreated",
+        |v| v.is_some_and(|v| v["config"]["max_age"].as_u64() == Some(HOUR)),
+        || server_stream(&url, "DRIFT"),
+    )
+    .await;
+    wait_for(T, "second repair counted", || {
+        let m = op.metrics.clone();
+        async move { m.drift_repair_count("JetStreamStream") > repairs }
+    })
+    .await
+    .unwrap();
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn immutable_change_is_refused_not_recreated() {
+    let e = env("op-immutable").await;
+    let url = e.nats.url();
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(&e.client, &e.ns, stream("w", "IMMUT", json!({}))).await;
+    wait_stream_reason(&e.client, &e.ns, "w", &["Created", "InSync"]).await;
+    let created = server_stream(&url, "IMMUT").unwrap()["created"].clone();
+
+    apply(
+        &e.client,
+        &e.ns,
+        stream("w", "IMMUT", json!({"retention": "WorkQueue"})),
+    )
+    .await;
+    let o = wait_stream_reason(&e.client, &e.ns, "w", &["ImmutableField"]).await;
+    let (status, _, message) = condition(&o, "Ready").unwrap();
+    assert_eq!(status, "False");
+    assert!(message.contains("spec.retention"), "{message}");
+    let info = server_stream(&url, "IMMUT").unwrap();
+    assert_eq!(info["config"]["retention"], "limits");
+    assert_eq!(info["created"], created, "never deleted and recreated");
+
+    // Reverting the field makes it Ready again.
+    apply(
+        &e.client,
+        &e.ns,
+        stream("w", "IMMUT", json!({"retention": "Limits"})),
+    )
+    .await;
+    wait_stream_reason(&e.client, &e.ns, "w", &["InSync", "Updated"]).await;
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn retain_policy_keeps_the_stream() {
+    let e = env("op-retain").await;
+    let url = e.nats.url();
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(
+        &e.client,
+        &e.ns,
+        stream("r", "KEEP", json!({"deletionPolicy": "Retain"})),
+    )
+    .await;
+    wait_stream_reason(&e.client, &e.ns, "r", &["Created", "InSync"]).await;
+    Api::<JetStreamStream>::namespaced(e.client.clone(), &e.ns)
+        .delete("r", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for(T, "object gone", || async {
+        get_stream(&e.client, &e.ns, "r").await.is_none()
+    })
+    .await
+    .unwrap();
+    assert!(
+        server_stream(&url, "KEEP").is_some(),
+        "Retain leaves the stream"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn existing_stream_is_adopted_only_when_asked() {
+    let e = env("op-adopt").await;
+    let url = e.nats.url();
+    let (ok, out) = nats(
+        &url,
+        &[
+            "stream",
+            "add",
+            "LEGACY",
+            "--subjects=legacy.>",
+            "--defaults",
+        ],
+    );
+    assert!(ok, "{out}");
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(
+        &e.client,
+        &e.ns,
+        stream("l", "LEGACY", json!({"maxAge": "3h"})),
+    )
+    .await;
+    let o = wait_stream_reason(&e.client, &e.ns, "l", &["AlreadyExists"]).await;
+    assert!(condition(&o, "Ready").unwrap().2.contains("adoptExisting"));
+    assert_eq!(
+        server_stream(&url, "LEGACY").unwrap()["config"]["max_age"].as_u64(),
+        Some(0),
+        "untouched"
+    );
+
+    apply(
+        &e.client,
+        &e.ns,
+        stream(
+            "l",
+            "LEGACY",
+            json!({"maxAge": "3h", "adoptExisting": true}),
+        ),
+    )
+    .await;
+    wait_stream_reason(&e.client, &e.ns, "l", &["Adopted", "InSync"]).await;
+    let info = server_stream(&url, "LEGACY").unwrap();
+    assert_eq!(info["config"]["max_age"].as_u64(), Some(3 * HOUR));
+    let owner = info["config"]["metadata"]["nats-cdr.dev/owner"]
+        .as_str()
+        .unwrap();
+    assert!(owner.starts_with(&format!("{}/l/", e.ns)), "{owner}");
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn second_object_for_the_same_stream_is_a_conflict() {
+    let e = env("op-conflict").await;
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(&e.client, &e.ns, stream("first", "SHARED", json!({}))).await;
+    wait_stream_reason(&e.client, &e.ns, "first", &["Created", "InSync"]).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await; // creationTimestamp has 1 s resolution
+    apply(
+        &e.client,
+        &e.ns,
+        stream("second", "SHARED", json!({"maxAge": "1h"})),
+    )
+    .await;
+    let o = wait_stream_reason(&e.client, &e.ns, "second", &["Conflict"]).await;
+    assert!(
+        condition(&o, "Ready")
+            .unwrap()
+            .2
+            .contains(&format!("{}/first", e.ns))
+    );
+    // No flip-flopping: the owner stays in sync, the server keeps the owner's config.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let first = get_stream(&e.client, &e.ns, "first").await.unwrap();
+    assert_eq!(condition(&first, "Ready").unwrap().0, "True");
+    assert_eq!(
+        server_stream(&e.nats.url(), "SHARED").unwrap()["config"]["max_age"].as_u64(),
+        Some(0)
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn nats_outage_is_reported_and_recovered() {
+    let mut e = env("op-outage").await;
+    let url = e.nats.url();
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(
+        &e.client,
+        &e.ns,
+        stream("o", "OUTAGE", json!({"maxAge": "1h"})),
+    )
+    .await;
+    wait_stream_reason(&e.client, &e.ns, "o", &["Created", "InSync"]).await;
+
+    e.nats.stop_node(0).unwrap();
+    apply(
+        &e.client,
+        &e.ns,
+        stream("o", "OUTAGE", json!({"maxAge": "4h"})),
+    )
+    .await;
+    let o = wait_stream_reason(&e.client, &e.ns, "o", &["NatsUnavailable"]).await;
+    assert_eq!(condition(&o, "Ready").unwrap().0, "False");
+
+    e.nats.restart_node(0).unwrap();
+    wait_server(
+        "update applied after recovery",
+        |v| v.is_some_and(|v| v["config"]["max_age"].as_u64() == Some(4 * HOUR)),
+        || server_stream(&url, "OUTAGE"),
+    )
+    .await;
+    wait_stream_reason(&e.client, &e.ns, "o", &["Updated", "InSync"]).await;
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn delete_while_nats_is_down_waits_then_force_delete() {
+    let mut e = env("op-deldown").await;
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(
+        &e.client,
+        &e.ns,
+        stream("del", "DEL", json!({"deletionPolicy": "Delete"})),
+    )
+    .await;
+    apply(
+        &e.client,
+        &e.ns,
+        stream("ret", "RET", json!({"deletionPolicy": "Retain"})),
+    )
+    .await;
+    wait_stream_reason(&e.client, &e.ns, "del", &["Created", "InSync"]).await;
+    wait_stream_reason(&e.client, &e.ns, "ret", &["Created", "InSync"]).await;
+    e.nats.stop_node(0).unwrap();
+    let api = Api::<JetStreamStream>::namespaced(e.client.clone(), &e.ns);
+    api.delete("ret", &DeleteParams::default()).await.unwrap();
+    api.delete("del", &DeleteParams::default()).await.unwrap();
+    // Retain: the finalizer goes at once, without NATS.
+    wait_for(T, "Retain object gone", || async {
+        get_stream(&e.client, &e.ns, "ret").await.is_none()
+    })
+    .await
+    .unwrap();
+    // Delete: it waits, saying why and what to do.
+    let o = wait_stream_reason(&e.client, &e.ns, "del", &["NatsUnavailable"]).await;
+    assert!(condition(&o, "Ready").unwrap().2.contains("force-delete"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        get_stream(&e.client, &e.ns, "del").await.is_some(),
+        "kept while NATS is down"
+    );
+    api.patch(
+        "del",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"nats-cdr.dev/force-delete": "true"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(T, "forced object gone", || async {
+        get_stream(&e.client, &e.ns, "del").await.is_none()
+    })
+    .await
+    .unwrap();
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn paused_object_is_left_alone() {
+    let e = env("op-pause").await;
+    let url = e.nats.url();
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(
+        &e.client,
+        &e.ns,
+        stream(
+            "p",
+            "PAUSE",
+            json!({"maxAge": "1h", "deletionPolicy": "Delete"}),
+        ),
+    )
+    .await;
+    wait_stream_reason(&e.client, &e.ns, "p", &["Created", "InSync"]).await;
+    let api = Api::<JetStreamStream>::namespaced(e.client.clone(), &e.ns);
+    api.patch(
+        "p",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"nats-cdr.dev/reconcile": "paused"}}})),
+    )
+    .await
+    .unwrap();
+    wait_stream_reason(&e.client, &e.ns, "p", &["Paused"]).await;
+    let (ok, out) = nats(&url, &["stream", "edit", "PAUSE", "--max-age=5h", "-f"]);
+    assert!(ok, "{out}");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        server_stream(&url, "PAUSE").unwrap()["config"]["max_age"].as_u64(),
+        Some(5 * HOUR),
+        "no write while paused"
+    );
+    api.delete("p", &DeleteParams::default()).await.unwrap();
+    wait_for(T, "object gone", || async {
+        get_stream(&e.client, &e.ns, "p").await.is_none()
+    })
+    .await
+    .unwrap();
+    assert!(
+        server_stream(&url, "PAUSE").is_some(),
+        "paused: no deletion on the server"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn consumer_waits_for_its_stream_then_syncs_and_deletes() {
+    let e = env("op-consumer").await;
+    let url = e.nats.url();
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(&e.client, &e.ns, consumer("worker", "LATE", "cdr-worker", json!({"ackWait": "30s", "maxDeliver": 5, "maxAckPending": 100, "filterSubject": "late.raw"}))).await;
+    let o = wait_consumer_reason(&e.client, &e.ns, "worker", &["StreamNotFound"]).await;
+    assert!(condition(&o, "Ready").unwrap().2.contains("LATE"));
+
+    apply(&e.client, &e.ns, stream("late", "LATE", json!({}))).await;
+    wait_consumer_reason(&e.client, &e.ns, "worker", &["Created", "InSync"]).await;
+    let info = server_consumer(&url, "LATE", "cdr-worker").expect("consumer on the server");
+    assert_eq!(info["config"]["max_deliver"], 5);
+    assert_eq!(info["config"]["ack_wait"].as_u64(), Some(30_000_000_000));
+    assert_eq!(info["config"]["max_ack_pending"], 100);
+    assert_eq!(info["config"]["ack_policy"], "explicit");
+
+    // Steady state: no writes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rv = Api::<JetStreamConsumer>::namespaced(e.client.clone(), &e.ns)
+        .get("worker")
+        .await
+        .unwrap()
+        .resource_version();
+    let writes = op.metrics.nats_write_count();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(op.metrics.nats_write_count(), writes);
+    assert_eq!(
+        Api::<JetStreamConsumer>::namespaced(e.client.clone(), &e.ns)
+            .get("worker")
+            .await
+            .unwrap()
+            .resource_version(),
+        rv
+    );
+
+    // A mutable field is updated in place.
+    apply(&e.client, &e.ns, consumer("worker", "LATE", "cdr-worker", json!({"ackWait": "30s", "maxDeliver": 7, "maxAckPending": 100, "filterSubject": "late.raw"}))).await;
+    wait_server(
+        "maxDeliver 7",
+        |v| v.is_some_and(|v| v["config"]["max_deliver"] == 7),
+        || server_consumer(&url, "LATE", "cdr-worker"),
+    )
+    .await;
+    // maxWaiting cannot change on the server (CEL does not know): ImmutableField.
+    apply(&e.client, &e.ns, consumer("worker", "LATE", "cdr-worker", json!({"ackWait": "30s", "maxDeliver": 7, "maxAckPending": 100, "filterSubject": "late.raw", "maxWaiting": 10}))).await;
+    let o = wait_consumer_reason(&e.client, &e.ns, "worker", &["ImmutableField"]).await;
+    assert!(
+        condition(&o, "Ready")
+            .unwrap()
+            .2
+            .contains("spec.maxWaiting")
+    );
+
+    // Default deletion policy of consumers: Delete.
+    Api::<JetStreamConsumer>::namespaced(e.client.clone(), &e.ns)
+        .delete("worker", &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_server(
+        "consumer deleted",
+        |v| v.is_none(),
+        || server_consumer(&url, "LATE", "cdr-worker"),
+    )
+    .await;
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_with_leader_election() {
+    let e = env("op-leader").await;
+    let url = e.nats.url();
+    let lease = |id: &str| {
+        let mut s = settings(&e.ns);
+        s.identity = id.to_owned();
+        s.leader_election = Some(nats_cdr_operator::leader::LeaseSettings {
+            name: "op".into(),
+            namespace: e.ns.clone(),
+            identity: id.to_owned(),
+            lease_duration: Duration::from_secs(4),
+            renew_interval: Duration::from_millis(500),
+        });
+        s
+    };
+    let a = start(e.client.clone(), lease("a"));
+    wait_for(T, "a leads", || {
+        let m = a.metrics.clone();
+        async move { m.leader.get() == 1 }
+    })
+    .await
+    .unwrap();
+    let b = start(e.client.clone(), lease("b"));
+    apply(&e.client, &e.ns, stream("one", "ONE", json!({}))).await;
+    wait_stream_reason(&e.client, &e.ns, "one", &["Created", "InSync"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.metrics.leader.get(), 0, "b waits");
+    assert_eq!(
+        b.metrics.reconcile_count("JetStreamStream"),
+        0,
+        "only the leader acts"
+    );
+    assert!(a.metrics.reconcile_count("JetStreamStream") > 0);
+
+    a.stop().await;
+    wait_for(T, "b takes over", || {
+        let m = b.metrics.clone();
+        async move { m.leader.get() == 1 }
+    })
+    .await
+    .unwrap();
+    apply(&e.client, &e.ns, stream("two", "TWO", json!({}))).await;
+    wait_stream_reason(&e.client, &e.ns, "two", &["Created", "InSync"]).await;
+    assert!(server_stream(&url, "TWO").is_some());
+    assert!(b.metrics.reconcile_count("JetStreamStream") > 0);
+    b.stop().await;
+}
