@@ -54,7 +54,14 @@ impl Rng {
     }
 }
 
-fn acc_line(call_id: &str, method: &str, code: &str, reason: &str, time: serde_json::Value, extra: serde_json::Value) -> Vec<u8> {
+fn acc_line(
+    call_id: &str,
+    method: &str,
+    code: &str,
+    reason: &str,
+    time: serde_json::Value,
+    extra: serde_json::Value,
+) -> Vec<u8> {
     let mut object = json!({
         "method": method,
         "from_tag": format!("ft-{call_id}"),
@@ -85,27 +92,90 @@ pub fn call_lines(prefix: &str, n: usize) -> Vec<Line> {
     let lines: Vec<Vec<u8>> = match n % 7 {
         0 => vec![
             acc_line(&call, "INVITE", "200", "OK", json!(t0), json!({})),
-            acc_line(&call, "BYE", "200", "OK", json!(t0 + 65), json!({"cause": 16})),
+            acc_line(
+                &call,
+                "BYE",
+                "200",
+                "OK",
+                json!(t0 + 65),
+                json!({"cause": 16}),
+            ),
         ],
         1 => vec![
-            acc_line(&call, "INVITE", "407", "Proxy Authentication Required", json!(t0), json!({})),
-            acc_line(&call, "INVITE", "486", "Busy Here", json!(t0 + 2), json!({"q": [1, 2]})),
+            acc_line(
+                &call,
+                "INVITE",
+                "407",
+                "Proxy Authentication Required",
+                json!(t0),
+                json!({}),
+            ),
+            acc_line(
+                &call,
+                "INVITE",
+                "486",
+                "Busy Here",
+                json!(t0 + 2),
+                json!({"q": [1, 2]}),
+            ),
         ],
-        2 => vec![acc_line(&call, "INVITE", "487", "Request Terminated", json!(t0), json!({}))],
-        3 => vec![acc_line(&call, "BYE", "200", "OK", json!(t0 + 30), json!({}))],
+        2 => vec![acc_line(
+            &call,
+            "INVITE",
+            "487",
+            "Request Terminated",
+            json!(t0),
+            json!({}),
+        )],
+        3 => vec![acc_line(
+            &call,
+            "BYE",
+            "200",
+            "OK",
+            json!(t0 + 30),
+            json!({}),
+        )],
         4 => {
             let mut invite = b"Nov 22 10:00:00 sip-01 json_acc[812]: ".to_vec();
-            invite.extend(acc_line(&call, "INVITE", "200", "OK", json!(t0 as f64 + 0.125), json!({})));
+            invite.extend(acc_line(
+                &call,
+                "INVITE",
+                "200",
+                "OK",
+                json!(t0 as f64 + 0.125),
+                json!({}),
+            ));
             vec![
                 invite,
-                acc_line(&call, "BYE", "200", "OK", json!(t0 as f64 + 10.987_654), json!({"nested": {"a": "b"}})),
+                acc_line(
+                    &call,
+                    "BYE",
+                    "200",
+                    "OK",
+                    json!(t0 as f64 + 10.987_654),
+                    json!({"nested": {"a": "b"}}),
+                ),
             ]
         }
         5 => vec![acc_line(&call, "ACK", "", "", json!(t0), json!({}))],
         _ => vec![
             acc_line(&call, "INVITE", "200", "OK", json!(t0), json!({})),
-            acc_line(&call, "BYE", "200", "OK", json!(t0 + 5), json!({"side": "caller"})),
-            acc_line(&call, "BYE", "200", "OK", json!(t0 + 5), json!({"side": "callee"})),
+            acc_line(
+                &call,
+                "BYE",
+                "200",
+                "OK",
+                json!(t0 + 5),
+                json!({"side": "caller"}),
+            ),
+            acc_line(
+                &call,
+                "BYE",
+                "200",
+                "OK",
+                json!(t0 + 5),
+                json!({"side": "callee"}),
+            ),
         ],
     };
     lines
@@ -185,15 +255,22 @@ where
 {
     let start = Instant::now();
     while !check().await {
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 /// Starts the cdr-worker binary.
 pub fn spawn_worker(nats_url: &str, database_url: &str, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_cdr-worker"))
-        .args(["--nats-url", nats_url, "--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cdr-worker"));
+    if !extra.contains(&"--metrics-addr") {
+        command.args(["--metrics-addr", "127.0.0.1:0"]);
+    }
+    command
+        .args(["--nats-url", nats_url, "--log-format", "text"])
         .args(["--fetch-expiry-ms", "500", "--max-backoff-ms", "2000"])
         .args(extra)
         .env("DATABASE_URL", database_url)
@@ -214,7 +291,10 @@ pub fn terminate(child: &mut Child) -> Option<i32> {
         if let Some(status) = child.try_wait().unwrap() {
             return status.code();
         }
-        assert!(start.elapsed() < Duration::from_secs(30), "worker did not stop on SIGTERM");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "worker did not stop on SIGTERM"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -254,11 +334,48 @@ pub async fn count_cdrs(database_url: &str) -> Option<i64> {
 
 /// Asserts the stored CDRs are exactly `expected`, field by field.
 pub fn assert_same(stored: &BTreeMap<String, MergedCdr>, expected: &BTreeMap<String, MergedCdr>) {
-    let missing: Vec<&String> = expected.keys().filter(|k| !stored.contains_key(*k)).collect();
-    let extra: Vec<&String> = stored.keys().filter(|k| !expected.contains_key(*k)).collect();
+    let missing: Vec<&String> = expected
+        .keys()
+        .filter(|k| !stored.contains_key(*k))
+        .collect();
+    let extra: Vec<&String> = stored
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
     assert!(missing.is_empty(), "missing calls: {missing:?}");
     assert!(extra.is_empty(), "unexpected calls: {extra:?}");
     for (call, want) in expected {
         assert_eq!(&stored[call], want, "CDR of {call}");
     }
+}
+
+/// A free loopback port (bound then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:`port`: the status code and body, `None` when nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Some((status, body))
+}
+
+/// The value of the metric line starting with `name` on /metrics of `port`.
+pub fn scrape(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    body.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
 }

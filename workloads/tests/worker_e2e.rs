@@ -9,7 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{Line, assert_same, consumer_backlog, create_stream, expected, publish, publish_with, scenario, stored, wait_until};
+use common::{
+    Line, assert_same, consumer_backlog, create_stream, expected, publish, publish_with, scenario,
+    stored, wait_until,
+};
 use nats_cdr_observability::Readiness;
 use nats_cdr_testsupport::{NatsServer, Postgres};
 use nats_cdr_workloads::contract::headers::{CDR_SOURCE, DLQ_DETAIL, DLQ_REASON};
@@ -50,7 +53,12 @@ fn start(config: WorkerConfig) -> Running {
     let metrics = Metrics::default();
     let readiness = Arc::new(Readiness::new("starting"));
     let (trigger, shutdown) = worker::shutdown_channel();
-    let task = tokio::spawn(worker::run(config, metrics.clone(), readiness.clone(), shutdown));
+    let task = tokio::spawn(worker::run(
+        config,
+        metrics.clone(),
+        readiness.clone(),
+        shutdown,
+    ));
     Running {
         metrics,
         readiness,
@@ -101,7 +109,10 @@ async fn happy_path_every_cdr_is_the_contract_merge() {
     // Idle now: the pending gauges come from consumer info.
     let metrics = running.metrics.clone();
     wait_until(Duration::from_secs(5), "gauges", move || {
-        let (p, a) = (metrics.consumer_pending.get(), metrics.consumer_ack_pending.get());
+        let (p, a) = (
+            metrics.consumer_pending.get(),
+            metrics.consumer_ack_pending.get(),
+        );
         async move { p == 0 && a == 0 }
     })
     .await;
@@ -125,10 +136,29 @@ async fn replays_in_any_order_leave_the_table_unchanged_and_are_counted() {
     let snapshot = pg.psql("postgres", snapshot_sql).unwrap();
 
     // The same lines again with their ids: the stream's duplicate window drops them.
-    let stream_before = js.get_stream(DEFAULT_STREAM_NAME).await.unwrap().info().await.unwrap().state.messages;
+    let stream_before = js
+        .get_stream(DEFAULT_STREAM_NAME)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
     publish(&js, &lines).await;
-    let stream_after = js.get_stream(DEFAULT_STREAM_NAME).await.unwrap().info().await.unwrap().state.messages;
-    assert_eq!(stream_before, stream_after, "re-publishes inside the window are dropped");
+    let stream_after = js
+        .get_stream(DEFAULT_STREAM_NAME)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(
+        stream_before, stream_after,
+        "re-publishes inside the window are dropped"
+    );
 
     // Raw replays (new stream sequences, no Nats-Msg-Id), shuffled, some twice: the worker
     // derives the same ids and absorbs them.
@@ -139,7 +169,11 @@ async fn replays_in_any_order_leave_the_table_unchanged_and_are_counted() {
     assert_eq!(running.metrics.duplicates.get(), replay.len() as u64);
     assert_eq!(running.metrics.records_inserted.get(), lines.len() as u64);
     assert_same(&stored(&pg.url()).await, &want);
-    assert_eq!(pg.psql("postgres", snapshot_sql).unwrap(), snapshot, "rows not even rewritten");
+    assert_eq!(
+        pg.psql("postgres", snapshot_sql).unwrap(),
+        snapshot,
+        "rows not even rewritten"
+    );
     wait_drained(&js).await;
     running.stop().await;
 }
@@ -148,10 +182,20 @@ async fn replays_in_any_order_leave_the_table_unchanged_and_are_counted() {
 async fn poison_is_dead_lettered_and_never_blocks_its_batch() {
     let (nats, pg, js) = setup().await;
     let good = scenario("poison", 35);
-    let not_json = Line { node: "sip-01".into(), bytes: b"Nov 22 10:00:00 sip-01 garbage without json".to_vec() };
-    let no_callid = Line { node: "sip-02".into(), bytes: br#"{"method":"INVITE","sip_code":"200","time":1700000000}"#.to_vec() };
+    let not_json = Line {
+        node: "sip-01".into(),
+        bytes: b"Nov 22 10:00:00 sip-01 garbage without json".to_vec(),
+    };
+    let no_callid = Line {
+        node: "sip-02".into(),
+        bytes: br#"{"method":"INVITE","sip_code":"200","time":1700000000}"#.to_vec(),
+    };
     // Parses, but PostgreSQL refuses a NUL in text: bisected out, retried, then dead-lettered.
-    let refused = Line { node: "sip-01".into(), bytes: br#"{"method":"BYE","callid":"nul-call","sip_reason":"a\u0000b","time":1700000000}"#.to_vec() };
+    let refused = Line {
+        node: "sip-01".into(),
+        bytes: br#"{"method":"BYE","callid":"nul-call","sip_reason":"a\u0000b","time":1700000000}"#
+            .to_vec(),
+    };
     let mut lines = good.clone();
     lines.insert(3, not_json.clone());
     lines.insert(20, refused.clone());
@@ -170,18 +214,36 @@ async fn poison_is_dead_lettered_and_never_blocks_its_batch() {
     })
     .await;
     let stream = js.get_stream(DEFAULT_STREAM_NAME).await.unwrap();
-    for (line, reason) in [(&not_json, "not_json"), (&no_callid, "missing_callid"), (&refused, "db_rejected")] {
+    for (line, reason) in [
+        (&not_json, "not_json"),
+        (&no_callid, "missing_callid"),
+        (&refused, "db_rejected"),
+    ] {
         let letter = stream
             .get_last_raw_message_by_subject(&format!("cdr.dlq.{reason}"))
             .await
             .unwrap();
-        assert_eq!(letter.payload.as_ref(), line.bytes.as_slice(), "original bytes of {reason}");
+        assert_eq!(
+            letter.payload.as_ref(),
+            line.bytes.as_slice(),
+            "original bytes of {reason}"
+        );
         assert_eq!(letter.headers.get(DLQ_REASON).unwrap().as_str(), reason);
         assert!(!letter.headers.get(DLQ_DETAIL).unwrap().as_str().is_empty());
-        assert_eq!(letter.headers.get(DLQ_ORIGINAL_MSG_ID).unwrap().as_str(), line.id());
+        assert_eq!(
+            letter.headers.get(DLQ_ORIGINAL_MSG_ID).unwrap().as_str(),
+            line.id()
+        );
         assert_eq!(letter.headers.get(CDR_SOURCE).unwrap().as_str(), line.node);
     }
-    assert_eq!(pg.psql("postgres", "SELECT count(*) FROM cdr WHERE call_id = 'nul-call'").unwrap(), "0");
+    assert_eq!(
+        pg.psql(
+            "postgres",
+            "SELECT count(*) FROM cdr WHERE call_id = 'nul-call'"
+        )
+        .unwrap(),
+        "0"
+    );
     wait_drained(&js).await;
     running.stop().await;
 }

@@ -34,7 +34,11 @@ fn raw(node: &str, value: serde_json::Value) -> Line {
 fn tricky_lines() -> Vec<Line> {
     let mut lines = Vec::new();
     // Two final failures at the same instant: the msg id (bytewise) decides.
-    for (code, reason) in [("486", "Busy Here"), ("603", "Decline"), ("404", "Not Found")] {
+    for (code, reason) in [
+        ("486", "Busy Here"),
+        ("603", "Decline"),
+        ("404", "Not Found"),
+    ] {
         lines.push(raw(
             "sip-01",
             json!({"method": "INVITE", "callid": "tie-fail", "sip_code": code,
@@ -42,21 +46,45 @@ fn tricky_lines() -> Vec<Line> {
         ));
     }
     // BYE before the answer: no duration. Re-INVITE 200 later: start is the earliest.
-    lines.push(raw("sip-02", json!({"method": "BYE", "callid": "early-bye", "time": 1_700_000_000})));
-    lines.push(raw("sip-02", json!({"method": "INVITE", "callid": "early-bye", "sip_code": 200, "time": 1_700_000_050})));
+    lines.push(raw(
+        "sip-02",
+        json!({"method": "BYE", "callid": "early-bye", "time": 1_700_000_000}),
+    ));
+    lines.push(raw(
+        "sip-02",
+        json!({"method": "INVITE", "callid": "early-bye", "sip_code": 200, "time": 1_700_000_050}),
+    ));
     lines.push(raw("sip-02", json!({"method": "INVITE", "callid": "early-bye", "sip_code": 200, "time": 1_700_000_090, "x": 1.5})));
     // Provisional and odd codes only: unknown; primary by time then id.
     lines.push(raw("sip-01", json!({"method": "INVITE", "callid": "prov", "sip_code": "180", "time": "2023-11-14 22:13:20"})));
     lines.push(raw("sip-01", json!({"method": "OPTIONS", "callid": "prov", "sip_code": "200", "time": "2023-11-14T22:13:20Z"})));
     // Sub-millisecond duration rounding down, equal BYEs, numbers and unicode in extras.
     lines.push(raw("sip-01", json!({"method": "INVITE", "callid": "round", "sip_code": 200, "time": 1_700_000_000.000_9, "src_user": "ünï", "n": 12_345_678_901_234_i64})));
-    lines.push(raw("sip-01", json!({"method": "bye", "callid": "round", "time": 1_700_000_001.000_8})));
-    lines.push(raw("sip-02", json!({"method": "BYE", "callid": "round", "time": 1_700_000_001.000_8, "dst_user": ""})));
+    lines.push(raw(
+        "sip-01",
+        json!({"method": "bye", "callid": "round", "time": 1_700_000_001.000_8}),
+    ));
+    lines.push(raw(
+        "sip-02",
+        json!({"method": "BYE", "callid": "round", "time": 1_700_000_001.000_8, "dst_user": ""}),
+    ));
     // Cancelled beats failed; answered beats both.
-    lines.push(raw("sip-01", json!({"method": "INVITE", "callid": "cxl", "sip_code": 487, "time": 1_700_000_000})));
-    lines.push(raw("sip-01", json!({"method": "INVITE", "callid": "cxl", "sip_code": 480, "time": 1_700_000_009})));
-    lines.push(raw("sip-01", json!({"method": "INVITE", "callid": "mix", "sip_code": 487, "time": 1_700_000_000})));
-    lines.push(raw("sip-01", json!({"method": "BYE", "callid": "mix", "time": 1_700_000_020})));
+    lines.push(raw(
+        "sip-01",
+        json!({"method": "INVITE", "callid": "cxl", "sip_code": 487, "time": 1_700_000_000}),
+    ));
+    lines.push(raw(
+        "sip-01",
+        json!({"method": "INVITE", "callid": "cxl", "sip_code": 480, "time": 1_700_000_009}),
+    ));
+    lines.push(raw(
+        "sip-01",
+        json!({"method": "INVITE", "callid": "mix", "sip_code": 487, "time": 1_700_000_000}),
+    ));
+    lines.push(raw(
+        "sip-01",
+        json!({"method": "BYE", "callid": "mix", "time": 1_700_000_020}),
+    ));
     lines
 }
 
@@ -97,7 +125,11 @@ async fn sql_merge_matches_contract_merge_in_any_order_and_chunking() {
             inserted += outcome.inserted;
             duplicates += outcome.duplicates;
         }
-        assert_eq!(inserted, all.len() as u64, "each distinct record stored once");
+        assert_eq!(
+            inserted,
+            all.len() as u64,
+            "each distinct record stored once"
+        );
         assert_eq!(inserted + duplicates, rows.len() as u64);
         assert_same(&common::stored(&url).await, &want);
         // Replaying everything changes nothing.
@@ -137,13 +169,24 @@ async fn concurrent_writers_of_the_same_calls_lose_no_record() {
 async fn refused_data_and_unreachable_database_are_told_apart() {
     let pg = Postgres::start().unwrap();
     let (store, _url) = fresh_store(&pg, "refuse").await;
-    let nul = raw("sip-01", json!({"method": "BYE", "callid": "nul", "sip_reason": "a\u{0}b", "time": 1}));
+    let nul = raw(
+        "sip-01",
+        json!({"method": "BYE", "callid": "nul", "sip_reason": "a\u{0}b", "time": 1}),
+    );
     let error = store.write(&[&row(&nul)]).await.unwrap_err();
     assert!(error.is_data_error(), "{error:?}");
     assert_eq!(error.reason(), "db_rejected");
 
-    let dead = Store::connect_lazy("postgres://postgres@127.0.0.1:1/none", 1, Duration::from_secs(1)).unwrap();
-    let good = raw("sip-01", json!({"method": "BYE", "callid": "ok", "time": 1}));
+    let dead = Store::connect_lazy(
+        "postgres://postgres@127.0.0.1:1/none",
+        1,
+        Duration::from_secs(1),
+    )
+    .unwrap();
+    let good = raw(
+        "sip-01",
+        json!({"method": "BYE", "callid": "ok", "time": 1}),
+    );
     let error = dead.write(&[&row(&good)]).await.unwrap_err();
     assert!(!error.is_data_error(), "{error:?}");
     assert_eq!(error.reason(), "db_unavailable");

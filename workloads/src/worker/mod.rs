@@ -140,7 +140,8 @@ pub async fn run(
     let store = Store::connect_lazy(
         &config.database_url,
         u32::try_from(config.concurrency + 1).unwrap_or(u32::MAX),
-        Duration::from_secs(5),
+        // Short enough that a held batch gets its progress ack before its ack wait runs out.
+        (config.ack_wait / 2).clamp(Duration::from_millis(100), Duration::from_secs(5)),
     )?;
     let client = nats::connect(&config).await?;
     let js = jetstream::new(client.clone());
