@@ -135,9 +135,9 @@ fn consumer(name: &str, stream: &str, durable: &str, extra: Value) -> Value {
 }
 
 /// (status, reason, message) of condition `type_`.
-fn condition<K: kube::Resource>(obj: &K, type_: &str) -> Option<(String, String, String)>
+fn condition<K>(obj: &K, type_: &str) -> Option<(String, String, String)>
 where
-    K: serde::Serialize,
+    K: kube::Resource + serde::Serialize,
 {
     let v = serde_json::to_value(obj).unwrap();
     v["status"]["conditions"]
