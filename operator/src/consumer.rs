@@ -51,7 +51,7 @@ pub enum Error {
     StreamNotFound { message: String },
     #[error("writing to the Kubernetes API failed")]
     Kube(#[source] kube::Error),
-    #[error("finalizer")]
+    #[error("{0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
 
@@ -728,7 +728,10 @@ async fn cleanup(obj: Arc<JetStreamConsumer>, ctx: &Context) -> Result<Action, E
     }
     .await;
     match result {
-        Ok(()) => Ok(Action::await_change()),
+        Ok(()) => {
+            status::publish(&ctx.recorder, obj.as_ref(), false, "Deleted", "Delete", format!("consumer {durable} of stream {stream} deleted on the server (deletionPolicy: Delete)")).await;
+            Ok(Action::await_change())
+        }
         Err(error) => {
             let message = format!(
                 "{error}; the consumer is deleted once NATS answers (deletionPolicy: Delete); to remove the object without deleting the consumer, annotate it {}: \"true\"",

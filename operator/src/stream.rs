@@ -47,7 +47,7 @@ pub enum Error {
     Conflict { owner: String, message: String },
     #[error("writing to the Kubernetes API failed")]
     Kube(#[source] kube::Error),
-    #[error("finalizer")]
+    #[error("{0}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
 }
 

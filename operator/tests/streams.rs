@@ -10,7 +10,9 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use nats_cdr_crds::{JetStreamConsumer, JetStreamStream, NatsCluster};
 use nats_cdr_operator::{Metrics, Operator, Settings};
-use nats_cdr_testsupport::{NatsServer, binaries, install_crds, shared_api_cluster, wait_for};
+use nats_cdr_testsupport::{
+    NatsOptions, NatsServer, binaries, install_crds, shared_api_cluster, wait_for,
+};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -34,7 +36,7 @@ fn settings(ns: &str) -> Settings {
         namespaces: vec![ns.to_owned()],
         resync_period: Duration::from_secs(2),
         status_refresh: Duration::from_secs(1),
-        nats_timeout: Duration::from_secs(1),
+        nats_timeout: Duration::from_secs(2),
         min_backoff: Duration::from_millis(200),
         max_backoff: Duration::from_secs(2),
         dependency_poll: Duration::from_secs(1),
@@ -69,6 +71,10 @@ struct Env {
 }
 
 async fn env(prefix: &str) -> Env {
+    env_with(prefix, 1).await
+}
+
+async fn env_with(prefix: &str, nodes: usize) -> Env {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
         .with_test_writer()
@@ -77,14 +83,18 @@ async fn env(prefix: &str) -> Env {
     let client = cluster.client().await.expect("client");
     install_crds(&client).await.expect("CRDs");
     let ns = cluster.new_namespace(prefix).await.expect("namespace");
-    let nats = NatsServer::start().expect("nats-server");
+    let nats = NatsServer::start_with(NatsOptions {
+        nodes,
+        ..NatsOptions::default()
+    })
+    .expect("nats-server");
     apply(
         &client,
         &ns,
         json!({
             "apiVersion": "nats-cdr.dev/v1alpha1", "kind": "NatsCluster",
             "metadata": {"name": "nats"},
-            "spec": {"external": {"url": nats.url()}}
+            "spec": {"external": {"url": nats.urls()}}
         }),
     )
     .await;
@@ -796,4 +806,43 @@ async fn two_instances_with_leader_election() {
     assert!(server_stream(&url, "TWO").is_some());
     assert!(b.metrics.reconcile_count("JetStreamStream") > 0);
     b.stop().await;
+}
+
+#[tokio::test]
+async fn replica_change_is_tracked_until_peers_are_current() {
+    let e = env_with("op-replicas", 3).await;
+    let url = e.nats.url();
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(
+        &e.client,
+        &e.ns,
+        stream("r", "REPL", json!({"replicas": 1})),
+    )
+    .await;
+    let o = wait_stream_reason(&e.client, &e.ns, "r", &["Created", "InSync"]).await;
+    assert_eq!(o.status.unwrap().current_replicas, Some(1));
+    apply(
+        &e.client,
+        &e.ns,
+        stream("r", "REPL", json!({"replicas": 3})),
+    )
+    .await;
+    wait_server(
+        "3 replicas",
+        |v| v.is_some_and(|v| v["config"]["num_replicas"] == 3),
+        || server_stream(&url, "REPL"),
+    )
+    .await;
+    let api = Api::<JetStreamStream>::namespaced(e.client.clone(), &e.ns);
+    wait_for(T, "currentReplicas 3 and Synced", || {
+        let api = api.clone();
+        async move {
+            let o = api.get("r").await.unwrap();
+            o.status.as_ref().and_then(|s| s.current_replicas) == Some(3)
+                && condition(&o, "Synced").is_some_and(|(s, _, _)| s == "True")
+        }
+    })
+    .await
+    .unwrap();
+    op.stop().await;
 }
