@@ -846,3 +846,133 @@ async fn replica_change_is_tracked_until_peers_are_current() {
     .unwrap();
     op.stop().await;
 }
+
+#[tokio::test]
+async fn credentials_from_secret_are_used() {
+    let cluster = shared_api_cluster().await.expect("test cluster");
+    let client = cluster.client().await.expect("client");
+    install_crds(&client).await.expect("CRDs");
+    let ns = cluster.new_namespace("op-creds").await.expect("namespace");
+    let server = NatsServer::start_with(NatsOptions {
+        extra_config: "authorization { user: cdr, password: s3cret-pw }\n".into(),
+        ..NatsOptions::default()
+    })
+    .expect("nats-server");
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    secrets
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "nats-creds"}, "stringData": {"username": "cdr", "password": "s3cret-pw"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    secrets
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "wrong"}, "stringData": {"username": "cdr", "password": "nope"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    for (name, secret) in [("nats", "nats-creds"), ("bad", "wrong")] {
+        apply(&client, &ns, json!({
+            "apiVersion": "nats-cdr.dev/v1alpha1", "kind": "NatsCluster", "metadata": {"name": name},
+            "spec": {"external": {"url": server.url(), "credentials": {"secretName": secret, "type": "UserPassword"}}}
+        }))
+        .await;
+    }
+    let op = start(client.clone(), settings(&ns));
+    apply(&client, &ns, stream("auth", "AUTH", json!({}))).await;
+    wait_stream_reason(&client, &ns, "auth", &["Created", "InSync"]).await;
+    let (ok, out) = nats(
+        &server.url(),
+        &[
+            "--user=cdr",
+            "--password=s3cret-pw",
+            "stream",
+            "info",
+            "AUTH",
+            "-j",
+        ],
+    );
+    assert!(ok, "{out}");
+
+    let api = Api::<NatsCluster>::namespaced(client.clone(), &ns);
+    wait_for(T, "bad credentials reported", || {
+        let api = api.clone();
+        async move {
+            let c = api.get("bad").await.unwrap();
+            condition(&c, "Ready").is_some_and(|(s, r, _)| s == "False" && r == "NatsUnavailable")
+        }
+    })
+    .await
+    .unwrap();
+    let c = api.get("bad").await.unwrap();
+    assert!(
+        !condition(&c, "Ready").unwrap().2.contains("nope"),
+        "no password in status"
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn binary_serves_health_and_metrics_and_stops_on_sigterm() {
+    let e = env("op-binary").await;
+    let cluster = shared_api_cluster().await.unwrap();
+    let port = nats_cdr_testsupport::ports::free_port().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nats-cdr-operator"))
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .args([
+            "--namespaces",
+            &e.ns,
+            "--metrics-addr",
+            &format!("127.0.0.1:{port}"),
+            "--log-format",
+            "text",
+            "--resync-period",
+            "2s",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start the operator binary");
+    wait_for(T, "/readyz 200", || async move {
+        nats_cdr_testsupport::nats::http_status(port, "/readyz") == Some(200)
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        nats_cdr_testsupport::nats::http_status(port, "/healthz"),
+        Some(200)
+    );
+    apply(&e.client, &e.ns, stream("bin", "BIN", json!({}))).await;
+    wait_stream_reason(&e.client, &e.ns, "bin", &["Created", "InSync"]).await;
+    let metrics = nats_cdr_testsupport::nats::http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("nats_cdr_operator_reconciles_total{kind=\"JetStreamStream\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("nats_cdr_operator_nats_connected{cluster="),
+        "{metrics}"
+    );
+
+    let pid = child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            panic!("the operator did not stop within 20 s of SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(status.success(), "exit status {status}");
+}
