@@ -118,6 +118,16 @@ impl Connection {
             op: op.to_owned(),
             message,
         };
+        // While the client is disconnected a request would only wait for the timeout: fail fast
+        // (the client keeps reconnecting in the background).
+        if matches!(
+            self.client.connection_state(),
+            async_nats::connection::State::Disconnected
+        ) {
+            return Err(unavailable(
+                "disconnected; reconnecting with backoff".into(),
+            ));
+        }
         let answer: Response<V> =
             tokio::time::timeout(self.timeout, self.js.request(subject, payload))
                 .await
