@@ -36,7 +36,7 @@ pub const KIND: &str = "JetStreamConsumer";
 pub enum Error {
     #[error(transparent)]
     Nats(#[from] nats::Error),
-    #[error("spec.{field}: {message}")]
+    #[error("{field}: {message}")]
     InvalidSpec { field: String, message: String },
     #[error("{message}")]
     ImmutableField {
@@ -89,7 +89,7 @@ impl Error {
 
 fn invalid(field: &str, message: impl Into<String>) -> Error {
     Error::InvalidSpec {
-        field: field.to_owned(),
+        field: format!("spec.{field}"),
         message: message.into(),
     }
 }
@@ -193,9 +193,9 @@ pub fn desired_config(
     metadata.insert(OWNER_KEY.to_owned(), owner.to_owned());
     v["metadata"] = json!(metadata);
     let config: pull::Config =
-        serde_json::from_value(v.clone()).map_err(|e| invalid("(consumer)", e.to_string()))?;
+        serde_json::from_value(v.clone()).map_err(|e| invalid("durableName", e.to_string()))?;
     let mut wire =
-        serde_json::to_value(&config).map_err(|e| invalid("(consumer)", e.to_string()))?;
+        serde_json::to_value(&config).map_err(|e| invalid("durableName", e.to_string()))?;
     if spec.memory_storage {
         wire["mem_storage"] = json!(true);
     }
@@ -234,7 +234,8 @@ const CONSUMER_FIELDS: &[(&str, &str)] = &[
 /// compared.
 pub fn diff(spec: &JetStreamConsumerSpec, desired: &Value, actual: &Value) -> Vec<FieldDiff> {
     let mut skip = Vec::new();
-    if spec.ack_wait.is_none() {
+    // With backoff set, the server stores backoff[0] as the ack wait.
+    if spec.ack_wait.is_none() || spec.backoff.as_ref().is_some_and(|b| !b.is_empty()) {
         skip.push("ackWait");
     }
     if spec.max_ack_pending.is_none() {
@@ -590,7 +591,7 @@ async fn write(
             }
         }
         nats::Error::Api { description, .. } => Error::InvalidSpec {
-            field: "(consumer)".into(),
+            field: "spec".into(),
             message: format!("NATS refused to create the consumer: \"{description}\"; fix the spec (e.g. a filter subject outside the stream's subjects)"),
         },
         other => other.into(),

@@ -34,7 +34,7 @@ pub const KIND: &str = "JetStreamStream";
 pub enum Error {
     #[error(transparent)]
     Nats(#[from] nats::Error),
-    #[error("spec.{field}: {message}")]
+    #[error("{field}: {message}")]
     InvalidSpec { field: String, message: String },
     #[error("{message}")]
     ImmutableField {
@@ -84,7 +84,7 @@ impl Error {
 
 fn invalid(field: &str, message: impl Into<String>) -> Error {
     Error::InvalidSpec {
-        field: field.to_owned(),
+        field: format!("spec.{field}"),
         message: message.into(),
     }
 }
@@ -648,7 +648,7 @@ async fn create(conn: &Connection, desired: &stream::Config) -> Result<stream::I
     .await
     .map_err(|e| match e {
         nats::Error::Api { description, .. } => Error::InvalidSpec {
-            field: "(stream)".into(),
+            field: "spec".into(),
             message: format!(
                 "NATS refused to create the stream: \"{description}\"; fix the spec (e.g. replicas above the cluster size, overlapping subjects with another stream)"
             ),
@@ -681,7 +681,7 @@ async fn update(
         nats::Error::Api { description, .. } => Error::InvalidSpec {
             field: diffs
                 .iter()
-                .map(|d| d.field)
+                .map(|d| format!("spec.{}", d.field))
                 .collect::<Vec<_>>()
                 .join(", "),
             message: format!(

@@ -976,3 +976,115 @@ async fn binary_serves_health_and_metrics_and_stops_on_sigterm() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+#[tokio::test]
+async fn existing_consumer_is_adopted_only_when_asked() {
+    let e = env("op-cadopt").await;
+    let url = e.nats.url();
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(&e.client, &e.ns, stream("s", "CSTREAM", json!({}))).await;
+    wait_stream_reason(&e.client, &e.ns, "s", &["Created", "InSync"]).await;
+    let (ok, out) = nats(
+        &url,
+        &[
+            "consumer",
+            "add",
+            "CSTREAM",
+            "legacy",
+            "--pull",
+            "--defaults",
+        ],
+    );
+    assert!(ok, "{out}");
+    apply(
+        &e.client,
+        &e.ns,
+        consumer("c", "CSTREAM", "legacy", json!({"maxDeliver": 9})),
+    )
+    .await;
+    wait_consumer_reason(&e.client, &e.ns, "c", &["AlreadyExists"]).await;
+    assert_ne!(
+        server_consumer(&url, "CSTREAM", "legacy").unwrap()["config"]["max_deliver"],
+        9,
+        "untouched"
+    );
+    apply(
+        &e.client,
+        &e.ns,
+        consumer(
+            "c",
+            "CSTREAM",
+            "legacy",
+            json!({"maxDeliver": 9, "adoptExisting": true}),
+        ),
+    )
+    .await;
+    wait_consumer_reason(&e.client, &e.ns, "c", &["Adopted", "InSync"]).await;
+    let info = server_consumer(&url, "CSTREAM", "legacy").unwrap();
+    assert_eq!(info["config"]["max_deliver"], 9);
+    assert!(
+        info["config"]["metadata"]["nats-cdr.dev/owner"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{}/c/", e.ns))
+    );
+    op.stop().await;
+}
+
+#[tokio::test]
+async fn every_field_round_trips_without_perpetual_updates() {
+    let e = env("op-fields").await;
+    let url = e.nats.url();
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(&e.client, &e.ns, stream("origin", "ORIGIN", json!({}))).await;
+    apply(&e.client, &e.ns, stream("full", "FULL", json!({
+        "description": "every field", "retention": "Limits", "storage": "File", "replicas": 1,
+        "maxAge": "7d", "maxBytes": "1GiB", "maxMsgs": 1000000, "maxMsgSize": "1MiB",
+        "maxMsgsPerSubject": 100, "maxConsumers": 10, "discard": "New",
+        "discardNewPerSubject": true, "duplicateWindow": "2m", "denyDelete": true,
+        "denyPurge": false, "allowRollup": true, "allowDirect": true, "compression": "S2",
+        "metadata": {"team": "voice"},
+        "sources": [{"name": "ORIGIN", "filterSubject": "origin.a"}]
+    }))).await;
+    let mut mirror = stream(
+        "mirror",
+        "MIRROR",
+        json!({"mirror": {"name": "ORIGIN", "optStartSeq": 1}}),
+    );
+    mirror["spec"].as_object_mut().unwrap().remove("subjects");
+    apply(&e.client, &e.ns, mirror).await;
+    apply(&e.client, &e.ns, consumer("full-c", "FULL", "every", json!({
+        "description": "every field", "deliverPolicy": "ByStartSequence", "optStartSeq": 1,
+        "ackPolicy": "Explicit", "ackWait": "45s", "maxDeliver": 5, "backoff": ["1s", "10s"],
+        "filterSubjects": ["full.a", "full.b"], "replayPolicy": "Instant", "maxAckPending": 50,
+        "maxWaiting": 64, "maxBatch": 100, "maxExpires": "30s", "inactiveThreshold": "24h",
+        "headersOnly": false, "replicas": 1, "sampleFrequency": "50%",
+        "metadata": {"team": "voice"}
+    }))).await;
+    for name in ["origin", "full", "mirror"] {
+        wait_stream_reason(&e.client, &e.ns, name, &["Created", "InSync"]).await;
+    }
+    wait_consumer_reason(&e.client, &e.ns, "full-c", &["Created", "InSync"]).await;
+    let full = server_stream(&url, "FULL").unwrap();
+    assert_eq!(full["config"]["compression"], "s2");
+    assert_eq!(full["config"]["sources"][0]["name"], "ORIGIN");
+    assert_eq!(full["config"]["discard_new_per_subject"], true);
+    assert_eq!(
+        server_stream(&url, "MIRROR").unwrap()["config"]["mirror"]["name"],
+        "ORIGIN"
+    );
+    let c = server_consumer(&url, "FULL", "every").unwrap();
+    assert_eq!(c["config"]["backoff"].as_array().unwrap().len(), 2);
+    assert_eq!(c["config"]["max_waiting"], 64);
+
+    // Several resyncs: the normalized comparison finds nothing to change on any of them.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let writes = op.metrics.nats_write_count();
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(
+        op.metrics.nats_write_count(),
+        writes,
+        "no perpetual updates"
+    );
+    op.stop().await;
+}
