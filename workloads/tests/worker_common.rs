@@ -35,7 +35,7 @@ impl Rng {
     pub fn new(seed: u64) -> Self {
         Self(seed.max(1))
     }
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -44,7 +44,7 @@ impl Rng {
         x.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
     pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
+        (self.next_u64() % n.max(1) as u64) as usize
     }
     pub fn shuffle<T>(&mut self, items: &mut [T]) {
         for i in (1..items.len()).rev() {
@@ -88,7 +88,11 @@ fn acc_line(
 pub fn call_lines(prefix: &str, n: usize) -> Vec<Line> {
     let call = format!("{prefix}-call-{n}@example.net");
     let t0 = 1_700_000_000i64 + (n as i64) * 7;
-    let node = if n % 2 == 0 { "sip-01" } else { "sip-02" };
+    let node = if n.is_multiple_of(2) {
+        "sip-01"
+    } else {
+        "sip-02"
+    };
     let lines: Vec<Vec<u8>> = match n % 7 {
         0 => vec![
             acc_line(&call, "INVITE", "200", "OK", json!(t0), json!({})),

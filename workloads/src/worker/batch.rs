@@ -133,7 +133,8 @@ async fn process_in(ctx: &BatchContext, messages: Vec<Message>) -> BatchReport {
 /// Writes `items`, one transaction per range: the whole batch first; a range the database
 /// refuses is split in two until the refused records stand alone.
 async fn write_bisecting(ctx: &BatchContext, items: &[Item], report: &mut BatchReport) {
-    let mut pending: Vec<Range<usize>> = vec![0..items.len()];
+    let mut pending: Vec<Range<usize>> = Vec::with_capacity(8);
+    pending.push(0..items.len());
     let mut backoff = Backoff::new(
         Duration::from_millis(200),
         ctx.max_backoff

@@ -104,8 +104,8 @@ impl Shutdown {
     }
 
     /// An owned future completing at shutdown (for servers that take one).
-    pub fn wait_owned(self) -> impl Future<Output = ()> + Send + 'static {
-        async move { self.wait().await }
+    pub async fn wait_owned(self) {
+        self.wait().await;
     }
 
     /// Sleeps `delay`; `true` when cut short by shutdown.
