@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The embedded default: a local Kubernetes control plane (no containers needed) with the nats-cdr
-# CRDs installed and the examples applied. Runs in the background until `bash scripts/demo.sh down`.
+# CRDs installed and the examples applied, plus the data path running for real: nats-server,
+# PostgreSQL, the operator, kam-cdr-bridge tailing a sample acc_json file and cdr-worker writing
+# CDRs into PostgreSQL. Runs in the background until `bash scripts/demo.sh down`.
 #
 #   bash scripts/demo.sh        # start (idempotent), then print where to point kubectl
 #   bash scripts/demo.sh down   # stop everything
@@ -29,7 +31,7 @@ if running && [ -f "$state/ready" ]; then
   echo "already running (pid $(cat "$pidfile"))"
 else
   bash scripts/setup.sh
-  cargo build --locked -q -p nats-cdr-testsupport --bin nats-cdr-local
+  cargo build --locked -q --workspace --bins
   rm -f "$state/ready"
   setsid nohup target/debug/nats-cdr-local up --state-dir "$state" > "$state/demo.log" 2>&1 < /dev/null &
   echo $! > "$pidfile"

@@ -12,6 +12,7 @@
 
 pub mod binaries;
 pub mod certs;
+pub mod demo;
 pub mod kube_cluster;
 pub mod manifests;
 pub mod nats;

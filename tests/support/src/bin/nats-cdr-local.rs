@@ -1,13 +1,18 @@
 //! `nats-cdr-local up`: the embedded default environment. Starts a local control plane (etcd,
 //! kube-apiserver, controller-manager, scheduler, one kwok node), installs the CRDs, applies the
-//! examples into namespace `nats-cdr-demo`, writes a kubeconfig, and runs until SIGINT/SIGTERM,
-//! then stops everything. `scripts/demo.sh` runs it in the background.
+//! examples into namespace `nats-cdr-demo`, then runs the data path for real: nats-server,
+//! PostgreSQL, the operator (reconciling an external NatsCluster, the CDR stream and the workers'
+//! consumer), kam-cdr-bridge tailing a sample acc_json file and cdr-worker writing CDRs into
+//! PostgreSQL, with a new sample call appended every two seconds. Writes a kubeconfig and runs
+//! until SIGINT/SIGTERM, then stops everything. `scripts/demo.sh` runs it in the background.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use nats_cdr_testsupport::{ClusterOptions, LocalCluster, apply_yaml, install_crds, repo_root};
+use nats_cdr_testsupport::{
+    ClusterOptions, LocalCluster, apply_yaml, demo, install_crds, repo_root,
+};
 
 #[derive(Parser)]
 #[command(
@@ -72,15 +77,52 @@ async fn main() -> anyhow::Result<()> {
 
     let kubeconfig = state_dir.join("kubeconfig");
     std::fs::copy(cluster.kubeconfig_path(), &kubeconfig)?;
+
+    let data_path = demo::start(&client, &kubeconfig, &namespace, &state_dir)
+        .await
+        .context("starting the data path (nats-server, PostgreSQL, operator, bridge, worker)")?;
+    println!(
+        "CDRs flowing: {} calls in PostgreSQL so far; a new call every 2 s",
+        data_path.cdr_count()
+    );
+
     std::fs::write(&ready_marker, format!("{}\n", std::process::id()))?;
-    println!("\nready. The cluster runs until this process is stopped.");
+    println!("\nready. Everything runs until this process is stopped.");
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!(
         "  kubectl get natsclusters,jetstreamstreams,jetstreamconsumers,cdrpipelines -n {namespace}"
     );
-    println!("  logs and data: {}", cluster.dir().display());
+    println!(
+        "  psql {} -c 'SELECT call_id, disposition, start_time, duration_ms FROM cdr ORDER BY call_id DESC LIMIT 5'",
+        data_path.postgres.url_for(demo::DATABASE)
+    );
+    println!(
+        "  nats --server {} stream info AKIRA_CDR",
+        data_path.nats.url()
+    );
+    println!("  acc file: {}", data_path.acc_file.display());
+    println!(
+        "  logs: {} and {}",
+        state_dir.join("logs").display(),
+        cluster.dir().display()
+    );
 
-    wait_for_shutdown_signal().await?;
+    let mut next_call = 20;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    let shutdown = wait_for_shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            result = &mut shutdown => { result?; break; }
+            _ = tick.tick() => {
+                if let Err(e) = data_path.append_call(next_call) {
+                    eprintln!("cannot append a sample call: {e}");
+                }
+                next_call += 1;
+            }
+        }
+    }
+    drop(data_path);
     println!("stopping");
     let _ = std::fs::remove_file(&ready_marker);
     drop(cluster);
