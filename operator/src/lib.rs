@@ -161,6 +161,16 @@ impl Context {
     }
 }
 
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = &self.0 {
+            handle.abort();
+        }
+    }
+}
+
 /// Completes when leadership is lost (never, when the elector is gone).
 async fn lost(leading: &mut watch::Receiver<bool>) {
     while leading.changed().await.is_ok() {
@@ -202,7 +212,9 @@ impl Operator {
         self.metrics.clone()
     }
 
-    /// Readiness for `/readyz`: ready while the controllers run (leading, or no election).
+    /// Readiness for `/readyz`: ready once running, as leader or as standby (a standby that
+    /// reported not-ready would stall a rolling update of a two-replica Deployment). The
+    /// `nats_cdr_operator_leader` gauge says which instance leads.
     pub fn readiness(&self) -> Arc<Readiness> {
         self.readiness.clone()
     }
@@ -233,13 +245,19 @@ impl Operator {
                 None
             }
         };
+        // If this future is dropped (the process is going down hard), the elector goes with it
+        // instead of renewing a Lease nobody acts on.
+        let _elector_guard = AbortOnDrop(elector.as_ref().map(|h| h.abort_handle()));
         let mut stop = stop_rx.clone();
         loop {
+            if *stop.borrow() {
+                self.readiness.set_not_ready("shutting down");
+            }
             if *stop.borrow() {
                 break;
             }
             if !*lead_rx.borrow_and_update() {
-                self.readiness.set_not_ready("waiting for the leader Lease");
+                self.readiness.set_ready();
                 self.metrics.leader.set(0);
                 tokio::select! {
                     _ = lead_rx.changed() => continue,

@@ -1088,3 +1088,46 @@ async fn every_field_round_trips_without_perpetual_updates() {
     );
     op.stop().await;
 }
+
+#[tokio::test]
+async fn standby_takes_over_when_the_leader_dies_without_releasing() {
+    let e = env("op-crash").await;
+    let lease = |id: &str| {
+        let mut s = settings(&e.ns);
+        s.identity = id.to_owned();
+        s.leader_election = Some(nats_cdr_operator::leader::LeaseSettings {
+            name: "op".into(),
+            namespace: e.ns.clone(),
+            identity: id.to_owned(),
+            lease_duration: Duration::from_secs(3),
+            renew_interval: Duration::from_millis(500),
+        });
+        s
+    };
+    let a = start(e.client.clone(), lease("a"));
+    wait_for(T, "a leads", || {
+        let m = a.metrics.clone();
+        async move { m.leader.get() == 1 }
+    })
+    .await
+    .unwrap();
+    let b = start(e.client.clone(), lease("b"));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.metrics.leader.get(), 0);
+    // A crash: the task is dropped, the Lease is not released and must expire.
+    a.task.abort();
+    let crashed = std::time::Instant::now();
+    wait_for(T, "b takes over after expiry", || {
+        let m = b.metrics.clone();
+        async move { m.leader.get() == 1 }
+    })
+    .await
+    .unwrap();
+    assert!(
+        crashed.elapsed() >= Duration::from_secs(1),
+        "took over only after the Lease expired"
+    );
+    apply(&e.client, &e.ns, stream("after", "AFTER", json!({}))).await;
+    wait_stream_reason(&e.client, &e.ns, "after", &["Created", "InSync"]).await;
+    b.stop().await;
+}
