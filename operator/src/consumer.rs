@@ -457,7 +457,7 @@ async fn apply(obj: Arc<JetStreamConsumer>, ctx: &Context) -> Result<Action, Err
                         "consumer {durable} of stream {stream} already exists on the server and was not created by this object; set spec.adoptExisting: true to take it over (its configuration will be changed to match the spec)"
                     ),
                 };
-                return fail(&obj, ctx, Error::AlreadyExists { message }, Some(&info)).await;
+                return fail(&obj, ctx, Error::AlreadyExists { message }, None).await;
             }
             let diffs = diff(&obj.spec, &desired, &actual);
             if diffs.is_empty() {

@@ -321,7 +321,7 @@ impl Pool {
                 cluster: key.clone(),
             })
             .set(1);
-        tracing::info!(cluster = %key, url = %external.url, "connected to NATS");
+        tracing::info!(cluster = %key, url = %redact(&external.url), "connected to NATS");
         let js = jetstream::ContextBuilder::new()
             .timeout(self.timeout)
             .build(client.clone());
@@ -350,6 +350,19 @@ impl Pool {
     }
 }
 
+/// The URL(s) without any `user:password@` part, for logs.
+pub fn redact(urls: &str) -> String {
+    urls.split(',')
+        .map(|url| match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}://***@{}", &url[..scheme], &url[at + 1..])
+            }
+            _ => url.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 async fn read_secret(
     secrets: &Api<Secret>,
     cluster: &str,
@@ -374,4 +387,18 @@ async fn read_secret(
         out.insert(k, v);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_for_logs() {
+        assert_eq!(
+            redact("nats://u:p@a:4222,tls://b:4222"),
+            "nats://***@a:4222,tls://b:4222"
+        );
+        assert_eq!(redact("nats://a:4222"), "nats://a:4222");
+    }
 }

@@ -523,7 +523,8 @@ async fn apply(obj: Arc<JetStreamStream>, ctx: &Context) -> Result<Action, Error
                         obj.spec.name
                     ),
                 };
-                return fail(&obj, ctx, Error::AlreadyExists { message }, Some(&info)).await;
+                // No live figures of a stream this object does not own.
+                return fail(&obj, ctx, Error::AlreadyExists { message }, None).await;
             }
             let diffs = diff(&obj.spec, &desired, &info.config);
             if diffs.is_empty() {
