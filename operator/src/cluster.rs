@@ -85,7 +85,11 @@ async fn apply(obj: &Arc<NatsCluster>, ctx: &Context) -> Result<Action, Error> {
                 } else {
                     Cond::new("Ready", Some(false), "JetStreamDisabled", "the server answers but JetStream is not enabled: enable jetstream in its configuration".into())
                 };
-                (cond, Ok(Action::requeue(ctx.resync(obj.as_ref()))))
+                // Looking costs nothing (connection state, no request): look often.
+                let every = ctx
+                    .resync(obj.as_ref())
+                    .min(std::time::Duration::from_secs(30));
+                (cond, Ok(Action::requeue(every)))
             }
             Ok(_) => {
                 let e = crate::nats::Error::Connect {

@@ -582,6 +582,20 @@ async fn nats_outage_is_reported_and_recovered() {
     .await;
     let o = wait_stream_reason(&e.client, &e.ns, "o", &["NatsUnavailable"]).await;
     assert_eq!(condition(&o, "Ready").unwrap().0, "False");
+    let clusters = Api::<NatsCluster>::namespaced(e.client.clone(), &e.ns);
+    let cluster_ready = |want: &'static str| {
+        let clusters = clusters.clone();
+        move || {
+            let clusters = clusters.clone();
+            async move {
+                let c = clusters.get("nats").await.unwrap();
+                condition(&c, "Ready").is_some_and(|(s, _, _)| s == want)
+            }
+        }
+    };
+    wait_for(T, "NatsCluster not Ready", cluster_ready("False"))
+        .await
+        .unwrap();
 
     e.nats.restart_node(0).unwrap();
     wait_server(
@@ -591,6 +605,9 @@ async fn nats_outage_is_reported_and_recovered() {
     )
     .await;
     wait_stream_reason(&e.client, &e.ns, "o", &["Updated", "InSync"]).await;
+    wait_for(T, "NatsCluster Ready again", cluster_ready("True"))
+        .await
+        .unwrap();
     op.stop().await;
 }
 
