@@ -1148,3 +1148,56 @@ async fn standby_takes_over_when_the_leader_dies_without_releasing() {
     wait_stream_reason(&e.client, &e.ns, "after", &["Created", "InSync"]).await;
     b.stop().await;
 }
+
+#[tokio::test]
+async fn missing_and_managed_clusters_are_reported() {
+    let e = env("op-noclust").await;
+    let op = start(e.client.clone(), settings(&e.ns));
+    apply(
+        &e.client,
+        &e.ns,
+        json!({
+            "apiVersion": "nats-cdr.dev/v1alpha1", "kind": "NatsCluster",
+            "metadata": {"name": "managed"}, "spec": {"managed": {"replicas": 1}}
+        }),
+    )
+    .await;
+    let mut orphan = stream("orphan", "ORPHAN", json!({}));
+    orphan["spec"]["clusterRef"]["name"] = json!("nope");
+    apply(&e.client, &e.ns, orphan).await;
+    let mut on_managed = stream("onmanaged", "ONMANAGED", json!({}));
+    on_managed["spec"]["clusterRef"]["name"] = json!("managed");
+    apply(&e.client, &e.ns, on_managed).await;
+
+    let o = wait_stream_reason(&e.client, &e.ns, "orphan", &["ClusterNotFound"]).await;
+    assert!(condition(&o, "Ready").unwrap().2.contains("nope"));
+    let o = wait_stream_reason(&e.client, &e.ns, "onmanaged", &["ClusterNotReady"]).await;
+    assert!(
+        condition(&o, "Ready")
+            .unwrap()
+            .2
+            .contains("not implemented")
+    );
+    let api = Api::<NatsCluster>::namespaced(e.client.clone(), &e.ns);
+    wait_for(T, "managed cluster NotImplemented", || {
+        let api = api.clone();
+        async move {
+            let c = api.get("managed").await.unwrap();
+            condition(&c, "Ready").is_some_and(|(s, r, _)| s == "False" && r == "NotImplemented")
+        }
+    })
+    .await
+    .unwrap();
+    // Creating the missing cluster lets the waiting object proceed by itself.
+    apply(
+        &e.client,
+        &e.ns,
+        json!({
+            "apiVersion": "nats-cdr.dev/v1alpha1", "kind": "NatsCluster",
+            "metadata": {"name": "nope"}, "spec": {"external": {"url": e.nats.url()}}
+        }),
+    )
+    .await;
+    wait_stream_reason(&e.client, &e.ns, "orphan", &["Created", "InSync"]).await;
+    op.stop().await;
+}
