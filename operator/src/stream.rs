@@ -332,6 +332,9 @@ fn describe(diffs: &[FieldDiff]) -> String {
 fn refusal_is_immutable(description: &str) -> bool {
     let d = description.to_ascii_lowercase();
     [
+        // NATS prefixes its in-place refusals with this ("... can not cancel deny message deletes").
+        "configuration update can not",
+        "can not cancel",
         "can not change",
         "cannot change",
         "can not be changed",
@@ -861,6 +864,16 @@ async fn cleanup(obj: Arc<JetStreamStream>, ctx: &Context) -> Result<Action, Err
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nats_update_refusals_are_recognised() {
+        assert!(refusal_is_immutable(
+            "stream configuration update can not cancel deny message deletes (code 500, error code 10052)"
+        ));
+        assert!(!refusal_is_immutable(
+            "insufficient resources (code 503, error code 10023)"
+        ));
+    }
 
     fn spec(yaml: &str) -> JetStreamStreamSpec {
         serde_yaml::from_str(yaml).unwrap()

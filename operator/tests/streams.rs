@@ -190,7 +190,9 @@ async fn wait_stream_reason(
     let last = api.get_opt(name).await.unwrap();
     if result.is_err() {
         panic!(
-            "{what}: last seen {:?}",
+            "{what}: last seen generation {:?}, spec {:?}, status {:?}",
+            last.as_ref().and_then(|o| o.metadata.generation),
+            last.as_ref().map(|o| &o.spec),
             last.as_ref().and_then(|o| o.status.clone())
         );
     }
@@ -440,11 +442,46 @@ async fn immutable_change_is_refused_not_recreated() {
     assert_eq!(info["config"]["retention"], "limits");
     assert_eq!(info["created"], created, "never deleted and recreated");
 
+    // A refusal only the server knows about (CEL cannot): deny deletes cannot be cancelled.
+    apply(
+        &e.client,
+        &e.ns,
+        stream("w", "IMMUT", json!({"denyDelete": true})),
+    )
+    .await;
+    wait_server(
+        "denyDelete on",
+        |v| v.is_some_and(|v| v["config"]["deny_delete"] == true),
+        || server_stream(&url, "IMMUT"),
+    )
+    .await;
+    apply(
+        &e.client,
+        &e.ns,
+        stream("w", "IMMUT", json!({"denyDelete": false})),
+    )
+    .await;
+    let o = wait_stream_reason(&e.client, &e.ns, "w", &["ImmutableField"]).await;
+    let message = condition(&o, "Ready").unwrap().2;
+    assert!(
+        message.contains("spec.denyDelete") && message.contains("can not cancel"),
+        "{message}"
+    );
+    assert_eq!(
+        server_stream(&url, "IMMUT").unwrap()["config"]["deny_delete"],
+        true
+    );
+    assert_eq!(
+        server_stream(&url, "IMMUT").unwrap()["created"],
+        created,
+        "never deleted and recreated"
+    );
+
     // Reverting the field makes it Ready again.
     apply(
         &e.client,
         &e.ns,
-        stream("w", "IMMUT", json!({"retention": "Limits"})),
+        stream("w", "IMMUT", json!({"denyDelete": true})),
     )
     .await;
     wait_stream_reason(&e.client, &e.ns, "w", &["InSync", "Updated"]).await;
