@@ -789,6 +789,31 @@ async fn consumer_waits_for_its_stream_then_syncs_and_deletes() {
         || server_consumer(&url, "LATE", "cdr-worker"),
     )
     .await;
+    // Drift on a consumer: an edit behind the operator's back is reverted.
+    let (ok, out) = nats(
+        &url,
+        &[
+            "consumer",
+            "edit",
+            "LATE",
+            "cdr-worker",
+            "--max-deliver=2",
+            "-f",
+        ],
+    );
+    assert!(ok, "{out}");
+    wait_server(
+        "consumer drift reverted",
+        |v| v.is_some_and(|v| v["config"]["max_deliver"] == 7),
+        || server_consumer(&url, "LATE", "cdr-worker"),
+    )
+    .await;
+    wait_for(T, "consumer drift counted", || {
+        let m = op.metrics.clone();
+        async move { m.drift_repair_count("JetStreamConsumer") >= 1 }
+    })
+    .await
+    .unwrap();
     // maxWaiting cannot change on the server (CEL does not know): ImmutableField.
     apply(&e.client, &e.ns, consumer("worker", "LATE", "cdr-worker", json!({"ackWait": "30s", "maxDeliver": 7, "maxAckPending": 100, "filterSubject": "late.raw", "maxWaiting": 10}))).await;
     let o = wait_consumer_reason(&e.client, &e.ns, "worker", &["ImmutableField"]).await;
