@@ -1,5 +1,6 @@
 //! The cdr-worker binary under failures: kill -9 mid-batch, PostgreSQL down, two workers with
-//! redeliveries. Each ends with every call stored exactly once with the contract's merge.
+//! redeliveries, workers killed on a message's last delivery. Each ends with every call stored
+//! exactly once with the contract's merge.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "worker_common.rs"]
@@ -9,8 +10,9 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use common::{
-    Rng, assert_same, consumer_backlog, count_cdrs, create_stream, expected, free_port, http_get,
-    publish, scenario, scrape, spawn_worker, stored, terminate, wait_until,
+    Rng, assert_same, consumer_backlog, count_cdrs, create_stream, dead_letters, expected,
+    free_port, http_get, publish, replay, scenario, scrape, spawn_worker, stored, terminate,
+    wait_until,
 };
 use nats_cdr_testsupport::{NatsServer, Postgres};
 
@@ -208,4 +210,116 @@ async fn two_workers_with_redeliveries_neither_deadlock_nor_lose_a_merge() {
     for worker in &mut workers {
         assert_eq!(terminate(worker), Some(0));
     }
+}
+
+/// A worker killed while it holds a message on its last allowed delivery must not strand it.
+///
+/// With a server-side `max_deliver = 2` the server gives up on a message after its second
+/// delivery, and when both holders were killed nobody ever stores or dead-letters it: a lost
+/// CDR. The worker now creates the consumer with `max_deliver = -1` and enforces
+/// `--max-deliver 2` itself, so the third delivery is dead-lettered (`cdr.dlq.max_deliver`,
+/// original bytes) and terminated. Commits are stalled by a table lock so that every killed worker
+/// holds its batches uncommitted; after the lock, every record is stored or dead-lettered,
+/// nothing is pending, and replaying the dead letters completes the table exactly.
+#[tokio::test]
+async fn killed_on_the_last_delivery_nothing_is_stranded() {
+    let (nats, pg, js) = setup().await;
+    let args = [
+        "--batch-size",
+        "100",
+        "--concurrency",
+        "2",
+        "--ack-wait-ms",
+        "1000",
+        "--max-deliver",
+        "2",
+    ];
+    // Migrations first, so the lock below has a table to lock.
+    let mut worker = spawn_worker(&nats.url(), &pg.url(), &args);
+    wait_until(Duration::from_secs(30), "schema", || async {
+        count_cdrs(&pg.url()).await == Some(0)
+    })
+    .await;
+    assert_eq!(terminate(&mut worker), Some(0));
+    let stream = js.get_stream("AKIRA_CDR").await.unwrap();
+    let mut consumer: jetstream::consumer::PullConsumer =
+        stream.get_consumer("cdr-worker").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(info.config.max_deliver, -1, "server-side max_deliver");
+
+    let lines = scenario("strand", 400);
+    let want = expected(&lines);
+    let blocker = {
+        let url = pg.url_for("postgres");
+        std::thread::spawn(move || {
+            std::process::Command::new("psql")
+                .args(["-X", "-q", "-d", &url, "-c"])
+                .arg("BEGIN; LOCK TABLE cdr_record IN EXCLUSIVE MODE; SELECT pg_sleep(9); COMMIT;")
+                .output()
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&js, &lines).await;
+    for _ in 0..4 {
+        let mut worker = spawn_worker(&nats.url(), &pg.url(), &args);
+        wait_until(
+            Duration::from_secs(10),
+            "the worker holds messages",
+            || async { consumer_backlog(&js).await.1 > 0 },
+        )
+        .await;
+        // Past the ack wait of the batches it holds: their next delivery goes to the next worker.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        worker.kill().unwrap(); // SIGKILL
+        worker.wait().unwrap();
+    }
+    let mut worker = spawn_worker(&nats.url(), &pg.url(), &args);
+    let output = blocker.join().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    wait_drained(&js).await;
+
+    // Nothing stranded: every record is stored or dead-lettered, and some were dead-lettered.
+    let letters = dead_letters(&js).await;
+    let stored_ids = pg
+        .psql("postgres", "SELECT msg_id FROM cdr_record")
+        .unwrap();
+    let stored_ids: std::collections::HashSet<&str> = stored_ids.lines().collect();
+    let lettered: std::collections::HashSet<&str> =
+        letters.iter().map(|l| l.original_msg_id.as_str()).collect();
+    let stranded: Vec<String> = lines
+        .iter()
+        .map(|line| line.id())
+        .filter(|id| !stored_ids.contains(id.as_str()) && !lettered.contains(id.as_str()))
+        .collect();
+    assert!(stranded.is_empty(), "stranded records: {stranded:?}");
+    assert!(
+        !letters.is_empty(),
+        "no message exceeded max_deliver: the test did not exercise the limit"
+    );
+    assert!(
+        letters.iter().all(|l| l.subject == "cdr.dlq.max_deliver"),
+        "{:?}",
+        letters.iter().map(|l| &l.subject).collect::<Vec<_>>()
+    );
+    eprintln!(
+        "stranding: {} stored, {} dead-lettered as max_deliver",
+        stored_ids.len(),
+        letters.len()
+    );
+
+    // The dead letters are the original bytes: replaying them completes the table exactly.
+    replay(&js, &letters).await;
+    wait_all_stored(&pg.url(), want.len(), Duration::from_secs(30)).await;
+    wait_drained(&js).await;
+    let records = pg
+        .psql("postgres", "SELECT count(*) FROM cdr_record")
+        .unwrap();
+    assert_eq!(records, lines.len().to_string(), "each record stored once");
+    assert_same(&stored(&pg.url()).await, &want);
+    assert_eq!(terminate(&mut worker), Some(0));
 }

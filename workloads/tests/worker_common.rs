@@ -383,3 +383,66 @@ pub fn scrape(port: u16, name: &str) -> Option<f64> {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|value| value.parse().ok())
 }
+
+/// One dead letter read back from the stream.
+#[derive(Debug, Clone)]
+pub struct Letter {
+    pub subject: String,
+    pub original_msg_id: String,
+    pub source_node: Option<String>,
+    pub payload: Vec<u8>,
+}
+
+/// Every message of the stream under `cdr.dlq.>`, read with plain stream gets.
+pub async fn dead_letters(js: &jetstream::Context) -> Vec<Letter> {
+    use nats_cdr_workloads::contract::subjects::DEAD_LETTER_PREFIX;
+    use nats_cdr_workloads::worker::dead_letter::DLQ_ORIGINAL_MSG_ID;
+    let mut stream = js.get_stream(DEFAULT_STREAM_NAME).await.unwrap();
+    let state = stream.info().await.unwrap().state.clone();
+    let mut out = Vec::new();
+    if state.messages == 0 {
+        return out;
+    }
+    for seq in state.first_sequence..=state.last_sequence {
+        let Ok(message) = stream.get_raw_message(seq).await else {
+            continue;
+        };
+        if !message
+            .subject
+            .as_str()
+            .starts_with(&format!("{DEAD_LETTER_PREFIX}."))
+        {
+            continue;
+        }
+        let header = |name: &str| {
+            message
+                .headers
+                .get(name)
+                .map(|value| value.as_str().to_owned())
+        };
+        out.push(Letter {
+            subject: message.subject.to_string(),
+            original_msg_id: header(DLQ_ORIGINAL_MSG_ID).unwrap_or_default(),
+            source_node: header(CDR_SOURCE),
+            payload: message.payload.to_vec(),
+        });
+    }
+    out
+}
+
+/// Replays dead letters the way an operator would: the original bytes back to `cdr.raw` with
+/// their `cdr-source` and no `Nats-Msg-Id`, so the worker derives the original record id and the
+/// store drops whatever it already has.
+pub async fn replay(js: &jetstream::Context, letters: &[Letter]) {
+    for letter in letters {
+        let mut headers = HeaderMap::new();
+        if let Some(node) = &letter.source_node {
+            headers.insert(CDR_SOURCE, node.as_str());
+        }
+        js.publish_with_headers(CDR_RAW, headers, letter.payload.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+}

@@ -57,7 +57,11 @@ struct Args {
     #[arg(long, env = "WORKER_ACK_WAIT_MS", default_value_t = 30_000,
           value_parser = clap::value_parser!(u64).range(200..))]
     ack_wait_ms: u64,
-    /// Deliveries before a message the database refuses is dead-lettered.
+    /// Deliveries of a message the worker processes, enforced by the worker itself (the consumer
+    /// it creates has an unlimited server-side max_deliver, so a worker killed on a message's last
+    /// delivery cannot strand it): a record the database still refuses on this delivery goes to
+    /// cdr.dlq.db_rejected; a message delivered more often (its workers died holding it) goes to
+    /// cdr.dlq.max_deliver without being processed again.
     #[arg(long, env = "WORKER_MAX_DELIVER", default_value_t = 5,
           value_parser = clap::value_parser!(i64).range(1..))]
     max_deliver: i64,

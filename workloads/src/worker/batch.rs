@@ -1,5 +1,11 @@
-//! One fetched batch, from messages to acks: decode, dead-letter poison, write in one
-//! transaction (bisecting when the database refuses some record), ack after commit.
+//! One fetched batch, from messages to acks: dead-letter what exceeded the delivery limit,
+//! decode, dead-letter poison, write in one transaction (bisecting when the database refuses some
+//! record), ack after commit.
+//!
+//! The delivery limit (`max_deliver`) is the worker's, not the server's: the consumer has an
+//! unlimited server-side `max_deliver`, so a message whose holder dies on its last delivery comes
+//! back (instead of being silently dropped by the server) and is dead-lettered here as
+//! [`MAX_DELIVER`] before anything parses it.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -11,7 +17,7 @@ use tracing::{Instrument, debug, info, warn};
 use super::Shutdown;
 use super::backoff::Backoff;
 use super::dead_letter::{self, DeadLetter};
-use super::decode::{Decoded, decode, header};
+use super::decode::{Decoded, decode, header, record_id};
 use super::health::Health;
 use super::metrics::Metrics;
 use super::store::{RecordRow, Store, StoreError};
@@ -19,6 +25,12 @@ use crate::contract::headers::CDR_SOURCE;
 
 /// Dead-letter reason of a record the database refused on its last delivery.
 pub const DB_REJECTED: &str = "db_rejected";
+
+/// Dead-letter reason of a message delivered more often than `max_deliver`: every worker that
+/// held it before died or crashed before acking it (a poison record that crashes the worker, or
+/// plain bad luck with kills). It is dead-lettered unprocessed, so a crash loop ends here; its
+/// payload is intact, and replaying it is safe (the store drops records it already has).
+pub const MAX_DELIVER: &str = "max_deliver";
 
 /// What processing a batch needs.
 #[derive(Clone)]
@@ -31,7 +43,9 @@ pub struct BatchContext {
     pub metrics: Metrics,
     /// Readiness, not ready while the database is unreachable.
     pub health: Arc<Health>,
-    /// Deliveries after which a record the database refuses is dead-lettered.
+    /// The worker's own delivery limit (the server's is unlimited): a record the database refuses
+    /// on this delivery is dead-lettered, and a message delivered more often is dead-lettered
+    /// without being processed.
     pub max_deliver: i64,
     /// The consumer's ack wait: retries of a held batch keep it alive more often than this.
     pub ack_wait: Duration,
@@ -104,6 +118,24 @@ async fn process_in(ctx: &BatchContext, messages: Vec<Message>) -> BatchReport {
             Ok(info) => (Some(info.stream_sequence), info.delivered),
             Err(_) => (None, 1),
         };
+        if delivered > ctx.max_deliver {
+            // Checked before anything else touches the payload: if it is what crashed the
+            // previous holders, it must not crash this worker too.
+            let msg_id = record_id(&message.payload, message.headers.as_ref());
+            let detail = format!(
+                "delivered {delivered} times, more than max_deliver {}; the workers that held it died before acking",
+                ctx.max_deliver
+            );
+            warn!(%msg_id, delivered, max_deliver = ctx.max_deliver,
+                  "message exceeded max_deliver; dead-lettering it unprocessed");
+            if dead_letter_and_term(ctx, &message, MAX_DELIVER, &detail, &msg_id).await {
+                report.dead_lettered += 1;
+            } else {
+                nak(ctx, &message, Some(Duration::from_secs(1))).await;
+                report.nakked += 1;
+            }
+            continue;
+        }
         match decode(&message.payload, message.headers.as_ref(), stream_seq) {
             Decoded::Record(row) => items.push(Item {
                 message,

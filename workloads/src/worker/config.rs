@@ -69,7 +69,10 @@ pub struct WorkerConfig {
     pub concurrency: usize,
     /// How long the server waits for an ack before redelivering.
     pub ack_wait: Duration,
-    /// Deliveries of a message before it is given up (dead-lettered when it fails in the DB).
+    /// Deliveries of a message the worker processes; enforced by the worker, not the server (the
+    /// consumer it creates has `max_deliver = -1`). A record the database refuses on its last
+    /// delivery is dead-lettered (`db_rejected`); a message delivered more often than this (its
+    /// holders died or crashed) is dead-lettered unprocessed (`max_deliver`) and terminated.
     pub max_deliver: i64,
     /// How long one pull waits for a first message when the consumer is idle.
     pub fetch_expiry: Duration,

@@ -31,13 +31,18 @@ pub fn header<'a>(headers: Option<&'a HeaderMap>, name: &str) -> Option<&'a str>
         .filter(|value| !value.is_empty())
 }
 
-/// Decodes the payload of a `cdr.raw` message. The record's id is its `Nats-Msg-Id`; a message
-/// without one (not published by the bridge) gets the id the bridge would have given it.
+/// The record id of a message: its `Nats-Msg-Id`, or for a message without one (not published
+/// by the bridge) the id the bridge would have given it. Never parses the payload.
+pub fn record_id(payload: &[u8], headers: Option<&HeaderMap>) -> String {
+    header(headers, NATS_MSG_ID)
+        .map(str::to_owned)
+        .unwrap_or_else(|| msg_id(header(headers, CDR_SOURCE).unwrap_or(""), payload))
+}
+
+/// Decodes the payload of a `cdr.raw` message; its id is [`record_id`].
 pub fn decode(payload: &[u8], headers: Option<&HeaderMap>, stream_seq: Option<u64>) -> Decoded {
     let source_node = header(headers, CDR_SOURCE).map(str::to_owned);
-    let id = header(headers, NATS_MSG_ID)
-        .map(str::to_owned)
-        .unwrap_or_else(|| msg_id(source_node.as_deref().unwrap_or(""), payload));
+    let id = record_id(payload, headers);
     match parse_line(payload) {
         Ok(record) => Decoded::Record(Box::new(RecordRow {
             msg_id: id,

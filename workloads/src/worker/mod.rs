@@ -9,6 +9,12 @@
 //!   the database refuses a record), acked only after the commit;
 //! - [`backoff`], [`health`], [`metrics`]: retry pacing, `/readyz`, `/metrics`.
 //!
+//! The delivery limit (`max_deliver`) is the worker's own: the consumer it creates has an unlimited
+//! server-side `max_deliver`, because with a server-side limit a message whose worker dies during
+//! its last delivery is never delivered again, a CDR lost without a trace. A message delivered more
+//! often than the limit is dead-lettered by [`batch`] before it is processed again. A consumer
+//! made by the operator (`--expect-consumer`) with a server-side limit gets a warning at start.
+//!
 //! [`run`] wires them: `concurrency` loops pull from the same durable consumer (as do other
 //! worker processes), each holding at most one batch. While PostgreSQL or NATS is unreachable a
 //! loop keeps its batch, backs off (exponential, capped, jittered) and is not ready; it fetches
@@ -191,11 +197,19 @@ pub async fn run(
         return Ok(());
     };
     let consumer_config = &consumer.cached_info().config;
-    let max_deliver = if consumer_config.max_deliver > 0 {
-        consumer_config.max_deliver
-    } else {
-        config.max_deliver.max(1)
-    };
+    let max_deliver = delivery_limit(config.max_deliver, consumer_config.max_deliver);
+    if consumer_config.max_deliver > 0 {
+        // Only in Expect mode: in Ensure mode the worker itself set it to -1.
+        warn!(
+            durable = %config.durable,
+            server_max_deliver = consumer_config.max_deliver,
+            worker_max_deliver = max_deliver,
+            "the consumer has a server-side max_deliver: a message whose worker dies (killed, \
+             OOM, crash) during its last delivery is never delivered again and its CDR is lost \
+             without a dead letter; set the consumer's max_deliver to -1 and let the worker \
+             enforce its own limit"
+        );
+    }
     let ack_wait = if consumer_config.ack_wait.is_zero() {
         config.ack_wait
     } else {
@@ -244,12 +258,30 @@ pub async fn run(
         }
     }
     refresher.abort();
-    // Acks are queued in the client: make sure they are on the wire before returning.
-    if let Err(error) = client.flush().await {
-        warn!(%error, "flushing acks at shutdown failed; unacked messages will be redelivered");
+    // Acks are queued in the client: make sure they are on the wire before returning. Bounded:
+    // with NATS unreachable a flush never completes, and the messages are redelivered anyway.
+    match tokio::time::timeout(Duration::from_secs(5), client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            warn!(%error, "flushing acks at shutdown failed; unacked messages will be redelivered");
+        }
+        Err(_) => {
+            warn!("flushing acks at shutdown timed out; unacked messages will be redelivered")
+        }
     }
     info!("cdr-worker stopped");
     Ok(())
+}
+
+/// The delivery limit the worker enforces: its own, or the server's when that is lower (the
+/// server would stop delivering there, so the worker must give up no later).
+fn delivery_limit(worker: i64, server: i64) -> i64 {
+    let worker = worker.max(1);
+    if server > 0 {
+        worker.min(server)
+    } else {
+        worker
+    }
 }
 
 /// One loop: pull a batch, process it, repeat until shutdown.
@@ -369,5 +401,23 @@ impl Reason for StoreError {
 impl Reason for NatsError {
     fn reason(&self) -> &'static str {
         NatsError::reason(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delivery_limit;
+
+    #[test]
+    fn the_worker_limit_applies_when_the_server_has_none() {
+        assert_eq!(delivery_limit(5, -1), 5);
+        assert_eq!(delivery_limit(5, 0), 5);
+        assert_eq!(delivery_limit(0, -1), 1);
+    }
+
+    #[test]
+    fn a_lower_server_limit_wins() {
+        assert_eq!(delivery_limit(5, 3), 3);
+        assert_eq!(delivery_limit(5, 10), 5);
     }
 }

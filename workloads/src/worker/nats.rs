@@ -115,7 +115,16 @@ pub async fn stream(
     })
 }
 
-/// The consumer settings the worker asks for in [`ConsumerMode::Ensure`].
+/// The consumer's server-side `max_deliver` the worker asks for: unlimited.
+///
+/// The worker enforces `--max-deliver` itself (see [`batch`](super::batch)). A server-side limit
+/// strands messages: when a worker dies (killed, OOM, a crash on a poison record) while holding a
+/// message on its last allowed delivery, the server never delivers it again, and nobody
+/// dead-letters it either, so the CDR is silently lost.
+pub const SERVER_MAX_DELIVER: i64 = -1;
+
+/// The consumer settings the worker asks for in [`ConsumerMode::Ensure`]: note `max_deliver` is
+/// [`SERVER_MAX_DELIVER`], not `config.max_deliver`.
 pub fn consumer_config(config: &WorkerConfig) -> PullConfig {
     PullConfig {
         durable_name: Some(config.durable.clone()),
@@ -123,7 +132,7 @@ pub fn consumer_config(config: &WorkerConfig) -> PullConfig {
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
-        max_deliver: config.max_deliver,
+        max_deliver: SERVER_MAX_DELIVER,
         filter_subject: config.filter_subject.clone(),
         max_ack_pending: config.max_ack_pending(),
         ..PullConfig::default()
