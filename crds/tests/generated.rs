@@ -4,18 +4,25 @@
 
 #[test]
 fn committed_crd_yaml_matches_the_types() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let crate_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    // The manifests for `kubectl apply -f crds/`, and the copy the Helm chart installs.
+    let dirs = [
+        crate_dir.to_path_buf(),
+        crate_dir.join("../charts/nats-cdr/crds"),
+    ];
     let mut stale = Vec::new();
-    for (file, crd) in nats_cdr_crds::all() {
-        let expected = nats_cdr_crds::render(&crd).expect("render");
-        let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-        if committed != expected {
-            stale.push(file);
+    for dir in &dirs {
+        for (file, crd) in nats_cdr_crds::all() {
+            let expected = nats_cdr_crds::render(&crd).expect("render");
+            let committed = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+            if committed != expected {
+                stale.push(dir.join(file).display().to_string());
+            }
         }
     }
     assert!(
         stale.is_empty(),
-        "crds/{stale:?} differ from the Rust types: run `cargo run -p nats-cdr-crds --bin crdgen` and commit"
+        "{stale:?} differ from the Rust types: run `cargo run -p nats-cdr-crds --bin crdgen` and commit"
     );
 }
 
