@@ -224,7 +224,9 @@ spec:
   durableName: cdr-worker
   filterSubject: cdr.raw
   ackWait: 30s
-  maxDeliver: 5
+  # Unlimited on the server: cdr-worker enforces its own --max-deliver and dead-letters, so a CDR
+  # whose worker dies on the last delivery is never stranded.
+  maxDeliver: -1
   maxAckPending: 2000
 "#
     )
