@@ -3,4 +3,5 @@
 
 pub mod bridge;
 pub mod contract;
+pub mod nats_auth;
 pub mod worker;

@@ -4,32 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How the bridge authenticates to NATS. Secrets are never printed.
-#[derive(Clone, Default)]
-pub enum NatsAuth {
-    /// No credentials.
-    #[default]
-    None,
-    /// A `.creds` file (JWT + nkey seed).
-    CredsFile(PathBuf),
-    /// User and password.
-    UserPassword {
-        /// The user name.
-        user: String,
-        /// The password; never logged.
-        password: String,
-    },
-}
-
-impl std::fmt::Debug for NatsAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::None => f.write_str("None"),
-            Self::CredsFile(path) => write!(f, "CredsFile({})", path.display()),
-            Self::UserPassword { user, .. } => write!(f, "UserPassword({user}, ***)"),
-        }
-    }
-}
+pub use crate::nats_auth::NatsAuth;
 
 /// Everything `run` needs.
 #[derive(Debug, Clone)]

@@ -7,7 +7,6 @@
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
@@ -16,7 +15,7 @@ use async_nats::{Client, ConnectOptions, HeaderMap};
 use bytes::Bytes;
 
 use super::classify::{Outbound, classify};
-use super::config::{BridgeConfig, NatsAuth};
+use super::config::BridgeConfig;
 use super::dead_letter;
 use super::metrics::Metrics;
 use super::tail::Line;
@@ -25,14 +24,8 @@ use super::tail::Line;
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     /// The credentials file cannot be read.
-    #[error("cannot read NATS credentials file {path}")]
-    Credentials {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Credentials(#[from] crate::nats_auth::CredentialsError),
     /// The client could not be set up.
     #[error("cannot connect to NATS")]
     Connect(#[source] async_nats::ConnectError),
@@ -42,7 +35,7 @@ impl PublishError {
     /// Short category for logs and metrics.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Credentials { .. } => "nats_credentials",
+            Self::Credentials(_) => "nats_credentials",
             Self::Connect(_) => "nats_connect",
         }
     }
@@ -50,20 +43,10 @@ impl PublishError {
 
 /// Connects to NATS, retrying in the background for ever (also on the first connect).
 pub async fn connect(config: &BridgeConfig) -> Result<Client, PublishError> {
-    let mut options =
-        match &config.auth {
-            NatsAuth::None => ConnectOptions::new(),
-            NatsAuth::CredsFile(path) => ConnectOptions::with_credentials_file(path)
-                .await
-                .map_err(|source| PublishError::Credentials {
-                    path: path.clone(),
-                    source,
-                })?,
-            NatsAuth::UserPassword { user, password } => {
-                ConnectOptions::with_user_and_password(user.clone(), password.clone())
-            }
-        };
-    options = options
+    let options = config
+        .auth
+        .apply(ConnectOptions::new())
+        .await?
         .name(format!("kam-cdr-bridge/{}", config.node))
         .retry_on_initial_connect()
         .max_reconnects(None)

@@ -1,40 +1,10 @@
 //! What the worker needs to run, independent of how it was given (flags, env, tests).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::contract::subjects::{CDR_RAW, DEFAULT_STREAM_NAME};
 
-/// How to authenticate to NATS.
-#[derive(Clone, Default)]
-pub enum NatsAuth {
-    /// No credentials.
-    #[default]
-    None,
-    /// A credentials file (JWT + nkey seed).
-    CredsFile(PathBuf),
-    /// User and password.
-    UserPassword {
-        /// The user.
-        user: String,
-        /// The password (never printed).
-        password: String,
-    },
-}
-
-impl std::fmt::Debug for NatsAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::None => f.write_str("None"),
-            Self::CredsFile(path) => f.debug_tuple("CredsFile").field(path).finish(),
-            Self::UserPassword { user, .. } => f
-                .debug_struct("UserPassword")
-                .field("user", user)
-                .field("password", &"<redacted>")
-                .finish(),
-        }
-    }
-}
+pub use crate::nats_auth::NatsAuth;
 
 /// Whether the worker creates its consumer or waits for one made by someone else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

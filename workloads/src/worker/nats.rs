@@ -8,21 +8,15 @@ use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::{self, Message};
 use futures::StreamExt;
 
-use super::config::{ConsumerMode, NatsAuth, WorkerConfig};
+use super::config::{ConsumerMode, WorkerConfig};
 use crate::contract::subjects::STREAM_SUBJECTS;
 
 /// Failure to talk to NATS.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    /// The connect options are unusable (e.g. an unreadable credentials file).
-    #[error("cannot read NATS credentials file {path}")]
-    Credentials {
-        /// The file.
-        path: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
+    /// The connect options are unusable (an unreadable credentials file).
+    #[error(transparent)]
+    Credentials(#[from] crate::nats_auth::CredentialsError),
     /// Connecting failed.
     #[error("cannot connect to NATS")]
     Connect(#[source] async_nats::ConnectError),
@@ -51,7 +45,7 @@ impl NatsError {
     /// Short category for logs and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Credentials { .. } => "nats_credentials",
+            Self::Credentials(_) => "nats_credentials",
             Self::Connect(_) => "nats_connect",
             Self::Stream { .. } => "stream_unavailable",
             Self::Consumer { .. } => "consumer_unavailable",
@@ -63,27 +57,14 @@ impl NatsError {
 /// Connects to NATS. The client keeps reconnecting by itself for ever, also when the server is
 /// not up yet at start.
 pub async fn connect(config: &WorkerConfig) -> Result<async_nats::Client, NatsError> {
-    let mut options = async_nats::ConnectOptions::new()
+    let options = async_nats::ConnectOptions::new()
         .name("cdr-worker")
         .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5));
-    match &config.nats_auth {
-        NatsAuth::None => {}
-        NatsAuth::CredsFile(path) => {
-            options =
-                options
-                    .credentials_file(path)
-                    .await
-                    .map_err(|source| NatsError::Credentials {
-                        path: path.display().to_string(),
-                        source,
-                    })?;
-        }
-        NatsAuth::UserPassword { user, password } => {
-            options = options.user_and_password(user.clone(), password.clone());
-        }
-    }
-    options
+    config
+        .nats_auth
+        .apply(options)
+        .await?
         .connect(config.nats_url.as_str())
         .await
         .map_err(NatsError::Connect)
