@@ -13,11 +13,7 @@ use crate::contract::headers::{
 };
 use crate::contract::subjects::dead_letter_subject;
 
-/// Header set to `true` on a dead letter whose payload is a truncated copy of the line.
-pub const DLQ_TRUNCATED: &str = "cdr-dlq-truncated";
-
-/// Header with the full length of the line, in bytes, on a truncated dead letter.
-pub const DLQ_ORIGINAL_SIZE: &str = "cdr-dlq-original-size";
+pub use crate::contract::headers::{DLQ_ORIGINAL_SIZE, DLQ_TRUNCATED};
 
 /// Reason of a line too large to publish.
 pub const OVERSIZED: &str = "oversized";

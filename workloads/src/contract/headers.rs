@@ -23,6 +23,17 @@ pub const DLQ_DETAIL: &str = "cdr-dlq-detail";
 /// Longest value [`detail_value`] returns, in characters.
 pub const MAX_DETAIL_CHARS: usize = 256;
 
+/// Header of a dead letter holding the `Nats-Msg-Id` of the original message. The dead letter's
+/// own `Nats-Msg-Id` must differ from it (`dlq-<original>`): it goes to the same stream, whose
+/// duplicate window would otherwise drop it as a re-publish of the original.
+pub const DLQ_ORIGINAL_MSG_ID: &str = "cdr-dlq-original-msg-id";
+
+/// Header set to `true` on a dead letter whose payload is a truncated copy of the line.
+pub const DLQ_TRUNCATED: &str = "cdr-dlq-truncated";
+
+/// Header with the full length of the line, in bytes, on a truncated dead letter.
+pub const DLQ_ORIGINAL_SIZE: &str = "cdr-dlq-original-size";
+
 /// Makes free text, such as an error message, safe as a header value such as [`DLQ_DETAIL`].
 ///
 /// A NATS header value cannot hold CR or LF, so every control character becomes a space; the

@@ -8,10 +8,7 @@ use bytes::Bytes;
 use crate::contract::headers::{CDR_SOURCE, DLQ_DETAIL, DLQ_REASON, NATS_MSG_ID, detail_value};
 use crate::contract::subjects::dead_letter_subject;
 
-/// Header of a dead letter holding the `Nats-Msg-Id` of the original message. The dead letter's
-/// own `Nats-Msg-Id` must differ from it (`dlq-<original>`): it goes to the same stream, whose
-/// duplicate window would otherwise drop it as a re-publish of the original.
-pub const DLQ_ORIGINAL_MSG_ID: &str = "cdr-dlq-original-msg-id";
+pub use crate::contract::headers::DLQ_ORIGINAL_MSG_ID;
 
 /// Failure to publish a dead letter.
 #[derive(Debug, thiserror::Error)]
