@@ -105,7 +105,7 @@ pub struct Pipeline {
 
 /// Worker settings every pipeline worker gets (before the test's own): short waits so faults
 /// resolve quickly, and a delivery limit well above the number of kills a test makes.
-const WORKER_ARGS: [&str; 10] = [
+pub const WORKER_ARGS: [&str; 10] = [
     "--batch-size",
     "100",
     "--ack-wait-ms",
@@ -116,6 +116,16 @@ const WORKER_ARGS: [&str; 10] = [
     "500",
     "--max-backoff-ms",
     "1000",
+];
+
+/// Bridge settings of the tests: short polls so faults resolve quickly.
+pub const BRIDGE_ARGS: [&str; 6] = [
+    "--poll-interval-ms",
+    "50",
+    "--checkpoint-interval-ms",
+    "200",
+    "--rotate-grace-ms",
+    "500",
 ];
 
 impl Pipeline {
@@ -165,8 +175,14 @@ impl Pipeline {
             .join(format!("{:02}-{name}.log", self.spawned))
     }
 
-    /// Starts `kam-cdr-bridge` on [`Self::file`] (its checkpoint survives restarts).
+    /// Starts `kam-cdr-bridge` on [`Self::file`] (its checkpoint survives restarts), with
+    /// [`BRIDGE_ARGS`].
     pub fn start_bridge(&mut self) {
+        self.start_bridge_with(&BRIDGE_ARGS);
+    }
+
+    /// Starts `kam-cdr-bridge` on [`Self::file`] with `extra` (nothing extra: its defaults).
+    pub fn start_bridge_with(&mut self, extra: &[&str]) {
         assert!(self.bridge.is_none(), "a bridge is running");
         let log = self.log_path("bridge");
         let mut command = Command::new(env!("CARGO_BIN_EXE_kam-cdr-bridge"));
@@ -177,13 +193,7 @@ impl Pipeline {
             .arg(self.dir().join("checkpoint.json"))
             .args(["--nats-url", &self.nats.url(), "--node-name", NODE])
             .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
-            .args([
-                "--poll-interval-ms",
-                "50",
-                "--checkpoint-interval-ms",
-                "200",
-            ])
-            .args(["--rotate-grace-ms", "500"])
+            .args(extra)
             .env("RUST_LOG", "info");
         self.bridge = Some(Proc::spawn("kam-cdr-bridge".into(), command, log));
     }

@@ -1,0 +1,222 @@
+//! End-to-end latency of the data path: from a line appended to the acc_json file to its record
+//! committed in PostgreSQL, at steady rates; and the peak RSS of the bridge and the worker.
+//!
+//! Every component is a real process (the pipeline test harness): nats-server with
+//! `sync_interval: always` (every ack on disk, what a managed cluster runs), PostgreSQL,
+//! `kam-cdr-bridge` and one `cdr-worker`, both with their shipped defaults (bridge poll interval
+//! 200 ms, worker batch 500 x concurrency 2).
+//!
+//! Method: a writer thread appends, every 10 ms, the lines due at the target rate (answered
+//! calls, INVITE + BYE), each carrying its append time as an extra field `bench_t` (Unix
+//! microseconds, taken just before the write). PostgreSQL runs with `track_commit_timestamp = on`
+//! (set with `ALTER SYSTEM`, then a restart), so each record's exact commit time is
+//! `pg_xact_commit_timestamp(xmin)` of its `cdr_record` row: latency = commit time - append time,
+//! both read from the same host clock. Nothing is added to the schema. A phase that cannot keep
+//! up reports its achieved append and commit rates and how long the backlog took to drain.
+//!
+//! `cargo bench -p nats-cdr-workloads --bench pipeline` (env `PIPELINE_BENCH_SECS`, default 10;
+//! `PIPELINE_BENCH_RATES`, default `1000,10000`).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/pipeline_common.rs"]
+mod pipeline_common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pipeline_common::{Pipeline, append, count};
+use serde_json::json;
+
+/// Worker flags equal to its shipped defaults (the harness would otherwise use test settings).
+const WORKER_DEFAULTS: [&str; 10] = [
+    "--batch-size",
+    "500",
+    "--ack-wait-ms",
+    "30000",
+    "--max-deliver",
+    "5",
+    "--fetch-expiry-ms",
+    "5000",
+    "--max-backoff-ms",
+    "30000",
+];
+
+fn now_micros() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as i64
+}
+
+/// The two lines of answered call `n` of phase `tag`, stamped with `t`.
+fn call(tag: &str, n: u64, t: i64) -> [Vec<u8>; 2] {
+    let call = format!("{tag}-{n}@192.0.2.10");
+    let line = |method: &str, time: i64| {
+        serde_json::to_vec(&json!({
+            "method": method, "from_tag": format!("f{n}"), "to_tag": format!("t{n}"),
+            "callid": call, "sip_code": "200", "sip_reason": "OK", "time": time,
+            "src_user": format!("49{n:010}"), "dst_user": format!("49{:010}", n + 1),
+            "src_ip": "192.0.2.10", "bench_t": t,
+        }))
+        .unwrap()
+    };
+    let start = 1_763_800_000 + n as i64;
+    [line("INVITE", start), line("BYE", start + 60)]
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+struct Phase {
+    rate: u64,
+    published_at_end: u64,
+    committed_at_end: u64,
+    appended: u64,
+    append_secs: f64,
+    drain_secs: Option<f64>,
+    committed: u64,
+    latencies_ms: Vec<f64>,
+}
+
+async fn run_phase(p: &Pipeline, tag: &str, rate: u64, secs: u64) -> Phase {
+    let file = p.file.clone();
+    let tag_owned = tag.to_owned();
+    let stream_before = p.stream_messages().await;
+    // Appends on a thread of its own, paced by the clock (not by sleeps adding up).
+    let writer = std::thread::spawn(move || {
+        let tick = Duration::from_millis(10);
+        let start = Instant::now();
+        let total_lines = rate * secs;
+        let mut written = 0u64;
+        let mut n = 0u64;
+        while written < total_lines {
+            let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64).min(total_lines);
+            if due > written {
+                let t = now_micros();
+                let mut lines = Vec::with_capacity((due - written) as usize + 1);
+                while written < due {
+                    lines.extend(call(&tag_owned, n, t));
+                    n += 1;
+                    written += 2;
+                }
+                append(&file, &lines);
+            }
+            std::thread::sleep(tick);
+        }
+        (written, start.elapsed().as_secs_f64())
+    });
+    let (appended, append_secs) = writer.join().unwrap();
+    let done = Instant::now();
+    let url = p.pg.url();
+    let count_sql: &'static str = Box::leak(
+        format!("SELECT count(*) FROM cdr_record WHERE call_id LIKE '{tag}-%'").into_boxed_str(),
+    );
+    // Where the backlog sits when the writer stops: not yet published (bridge), or published
+    // but not yet committed (worker).
+    let published_at_end = p.stream_messages().await.saturating_sub(stream_before);
+    let committed_at_end = count(&url, count_sql).await.unwrap_or(0) as u64;
+    let mut drain_secs = None;
+    while done.elapsed() < Duration::from_secs(120) {
+        if count(&url, count_sql).await.unwrap_or(0) as u64 >= appended {
+            drain_secs = Some(done.elapsed().as_secs_f64());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let out =
+        p.pg.psql(
+            "postgres",
+            &format!(
+                "SELECT (extract(epoch FROM pg_xact_commit_timestamp(xmin)) * 1000000)::bigint \
+                 - (extras->>'bench_t')::bigint FROM cdr_record WHERE call_id LIKE '{tag}-%'"
+            ),
+        )
+        .unwrap();
+    let mut latencies_ms: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.trim().parse::<i64>().ok())
+        .map(|us| us as f64 / 1000.0)
+        .collect();
+    latencies_ms.sort_by(f64::total_cmp);
+    Phase {
+        rate,
+        published_at_end,
+        committed_at_end,
+        appended,
+        append_secs,
+        drain_secs,
+        committed: latencies_ms.len() as u64,
+        latencies_ms,
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let secs: u64 = std::env::var("PIPELINE_BENCH_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let rates: Vec<u64> = std::env::var("PIPELINE_BENCH_RATES")
+        .unwrap_or_else(|_| "1000,10000".to_owned())
+        .split(',')
+        .filter_map(|r| r.trim().parse().ok())
+        .collect();
+
+    let mut p = Pipeline::start().await;
+    p.pg.psql("postgres", "ALTER SYSTEM SET track_commit_timestamp = on")
+        .unwrap();
+    p.pg.restart().unwrap();
+    assert_eq!(
+        p.pg.psql("postgres", "SHOW track_commit_timestamp")
+            .unwrap(),
+        "on"
+    );
+    p.start_bridge_with(&[]);
+    p.start_worker(&WORKER_DEFAULTS);
+    // Warm up: schema migrated, consumer bound, first batch through.
+    run_phase(&p, "warmup", 200, 2).await;
+
+    println!(
+        "pipeline bench: file -> kam-cdr-bridge -> nats-server (sync_interval: always) -> cdr-worker -> PostgreSQL; \
+         bridge and worker defaults; {secs} s per rate; latency = pg_xact_commit_timestamp - append time"
+    );
+    for rate in rates {
+        let phase = run_phase(&p, &format!("r{rate}"), rate, secs).await;
+        let l = &phase.latencies_ms;
+        let bridge_rss = p.bridge.as_ref().and_then(|b| b.peak_rss_kib());
+        let worker_rss = p.workers.last().and_then(|w| w.peak_rss_kib());
+        println!(
+            "target {:>6}/s: appended {} lines in {:.1} s ({:.0}/s); committed {}; backlog drained {} after the last append",
+            phase.rate,
+            phase.appended,
+            phase.append_secs,
+            phase.appended as f64 / phase.append_secs,
+            phase.committed,
+            phase
+                .drain_secs
+                .map_or("NOT (timeout 120 s)".to_owned(), |s| format!("{s:.2} s")),
+        );
+        let total_secs = phase.append_secs + phase.drain_secs.unwrap_or(f64::NAN);
+        println!(
+            "    when the writer stopped: {} published by the bridge, {} committed by the worker; \
+             end-to-end throughput {:.0}/s",
+            phase.published_at_end,
+            phase.committed_at_end,
+            phase.appended as f64 / total_secs,
+        );
+        println!(
+            "    latency ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1};  peak RSS (VmHWM so far): bridge {} KiB, worker {} KiB",
+            percentile(l, 50.0),
+            percentile(l, 90.0),
+            percentile(l, 99.0),
+            l.last().copied().unwrap_or(f64::NAN),
+            bridge_rss.map_or("?".into(), |v| v.to_string()),
+            worker_rss.map_or("?".into(), |v| v.to_string()),
+        );
+    }
+    p.stop_all();
+}
