@@ -15,7 +15,7 @@
 //! up reports its achieved append and commit rates and how long the backlog took to drain.
 //!
 //! `cargo bench -p nats-cdr-workloads --bench pipeline` (env `PIPELINE_BENCH_SECS`, default 10;
-//! `PIPELINE_BENCH_RATES`, default `1000,10000`).
+//! `PIPELINE_BENCH_RATES`, default `1000,10000`; `PIPELINE_BENCH_BRIDGE_ARGS`, extra bridge flags).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/pipeline_common.rs"]
@@ -175,14 +175,17 @@ async fn main() {
             .unwrap(),
         "on"
     );
-    p.start_bridge_with(&[]);
+    // PIPELINE_BENCH_BRIDGE_ARGS: extra bridge flags, e.g. `--poll-interval-ms 20`.
+    let bridge_args = std::env::var("PIPELINE_BENCH_BRIDGE_ARGS").unwrap_or_default();
+    let bridge_args: Vec<&str> = bridge_args.split_whitespace().collect();
+    p.start_bridge_with(&bridge_args);
     p.start_worker(&WORKER_DEFAULTS);
     // Warm up: schema migrated, consumer bound, first batch through.
     run_phase(&p, "warmup", 200, 2).await;
 
     println!(
         "pipeline bench: file -> kam-cdr-bridge -> nats-server (sync_interval: always) -> cdr-worker -> PostgreSQL; \
-         bridge and worker defaults; {secs} s per rate; latency = pg_xact_commit_timestamp - append time"
+         bridge and worker defaults; extra bridge flags {bridge_args:?}; {secs} s per rate; latency = pg_xact_commit_timestamp - append time"
     );
     for rate in rates {
         let phase = run_phase(&p, &format!("r{rate}"), rate, secs).await;
