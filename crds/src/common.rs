@@ -32,6 +32,21 @@ pub struct ClusterRef {
     pub namespace: Option<String>,
 }
 
+impl ClusterRef {
+    /// Namespace of the referenced `NatsCluster`: the explicit one, else the referring object's.
+    pub fn namespace_for(&self, referrer_namespace: Option<String>) -> String {
+        self.namespace
+            .clone()
+            .or(referrer_namespace)
+            .unwrap_or_default()
+    }
+
+    /// `<namespace>/<name>` of the referenced `NatsCluster`, as seen from a referring object.
+    pub fn key_for(&self, referrer_namespace: Option<String>) -> String {
+        format!("{}/{}", self.namespace_for(referrer_namespace), self.name)
+    }
+}
+
 /// What happens on the NATS server when the custom resource is deleted: `Retain` leaves the stream
 /// or consumer (and its data) on the server, `Delete` removes it.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

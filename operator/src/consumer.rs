@@ -75,15 +75,7 @@ impl Error {
 
     /// Whether retrying without a change of the object can help.
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self.reason(),
-            "NatsUnavailable"
-                | "KubeError"
-                | "FinalizerError"
-                | "NatsError"
-                | "ClusterNotReady"
-                | "ClusterNotFound"
-        )
+        crate::status::is_transient_reason(self.reason())
     }
 }
 
@@ -313,12 +305,7 @@ pub fn error_policy(obj: Arc<JetStreamConsumer>, _error: &Error, ctx: Arc<Contex
 }
 
 fn cluster_ns(obj: &JetStreamConsumer) -> String {
-    obj.spec
-        .cluster_ref
-        .namespace
-        .clone()
-        .or_else(|| obj.namespace())
-        .unwrap_or_default()
+    obj.spec.cluster_ref.namespace_for(obj.namespace())
 }
 
 async fn connect(obj: &JetStreamConsumer, ctx: &Context) -> Result<Connection, nats::Error> {
@@ -377,7 +364,7 @@ async fn apply(obj: Arc<JetStreamConsumer>, ctx: &Context) -> Result<Action, Err
         Ok(d) => d,
         Err(e) => return fail(&obj, ctx, e, None).await,
     };
-    let cluster_key = format!("{}/{}", cluster_ns(&obj), obj.spec.cluster_ref.name);
+    let cluster_key = obj.spec.cluster_ref.key_for(obj.namespace());
     let rivals = ctx.consumers_named(&cluster_key, &obj.spec.stream_name, &obj.spec.durable_name);
     if let Some(first) = status::oldest(rivals)
         && first.meta().uid != obj.meta().uid

@@ -81,17 +81,7 @@ impl Context {
             .iter()
             .flat_map(|s| s.state())
             .filter(|o| {
-                o.spec.name == name
-                    && format!(
-                        "{}/{}",
-                        o.spec
-                            .cluster_ref
-                            .namespace
-                            .clone()
-                            .or_else(|| o.namespace())
-                            .unwrap_or_default(),
-                        o.spec.cluster_ref.name
-                    ) == cluster_key
+                o.spec.name == name && o.spec.cluster_ref.key_for(o.namespace()) == cluster_key
             })
             .collect()
     }
@@ -109,16 +99,7 @@ impl Context {
             .filter(|o| {
                 o.spec.stream_name == stream
                     && o.spec.durable_name == durable
-                    && format!(
-                        "{}/{}",
-                        o.spec
-                            .cluster_ref
-                            .namespace
-                            .clone()
-                            .or_else(|| o.namespace())
-                            .unwrap_or_default(),
-                        o.spec.cluster_ref.name
-                    ) == cluster_key
+                    && o.spec.cluster_ref.key_for(o.namespace()) == cluster_key
             })
             .collect()
     }

@@ -125,6 +125,20 @@ pub fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
     a == b
 }
 
+/// Whether an error of this reason can clear without a change of the object (retry with
+/// backoff), as opposed to an invalid or refused spec (wait for an edit).
+pub fn is_transient_reason(reason: &str) -> bool {
+    matches!(
+        reason,
+        "NatsUnavailable"
+            | "KubeError"
+            | "FinalizerError"
+            | "NatsError"
+            | "ClusterNotReady"
+            | "ClusterNotFound"
+    )
+}
+
 /// The reason of the condition `type_`, if set.
 pub fn reason_of<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
     conditions

@@ -70,15 +70,7 @@ impl Error {
 
     /// Whether retrying without a change of the object can help (else: wait for a change).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self.reason(),
-            "NatsUnavailable"
-                | "KubeError"
-                | "FinalizerError"
-                | "NatsError"
-                | "ClusterNotReady"
-                | "ClusterNotFound"
-        )
+        crate::status::is_transient_reason(self.reason())
     }
 }
 
@@ -393,12 +385,7 @@ pub fn error_policy(obj: Arc<JetStreamStream>, _error: &Error, ctx: Arc<Context>
 }
 
 fn cluster_ns(obj: &JetStreamStream) -> String {
-    obj.spec
-        .cluster_ref
-        .namespace
-        .clone()
-        .or_else(|| obj.namespace())
-        .unwrap_or_default()
+    obj.spec.cluster_ref.namespace_for(obj.namespace())
 }
 
 async fn connect(obj: &JetStreamStream, ctx: &Context) -> Result<Connection, nats::Error> {
@@ -450,7 +437,7 @@ async fn apply(obj: Arc<JetStreamStream>, ctx: &Context) -> Result<Action, Error
         Err(e) => return fail(&obj, ctx, e, None).await,
     };
     // Another object naming the same stream on the same cluster: the oldest owns it.
-    let cluster_key = format!("{}/{}", cluster_ns(&obj), obj.spec.cluster_ref.name);
+    let cluster_key = obj.spec.cluster_ref.key_for(obj.namespace());
     let rivals = ctx.streams_named(&cluster_key, &obj.spec.name);
     if let Some(first) = status::oldest(rivals)
         && first.meta().uid != obj.meta().uid
