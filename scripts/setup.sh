@@ -51,7 +51,7 @@ go_install() {
 
 build_kubernetes() {
   local v=$KUBERNETES_VERSION
-  local tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet kube-proxy)
   if built kubernetes "$v" "${tools[@]}"; then return; fi
   log "building Kubernetes $v (several minutes on a cold cache)"
   local dir=$work/kubernetes-$v
@@ -86,6 +86,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true)

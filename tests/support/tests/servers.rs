@@ -60,7 +60,9 @@ fn nats_node_restart_keeps_jetstream_data() {
     let mut server = NatsServer::start().expect("start nats-server");
     let url = server.url();
     assert!(nats_cli(&url, &["stream", "add", "K", "--subjects=k", "--defaults"]).0);
-    assert!(nats_cli(&url, &["pub", "k", "x", "--count=3"]).0);
+    // `--jetstream` waits for each publish's ack: only acked messages are promised to survive.
+    let (ok, out) = nats_cli(&url, &["pub", "k", "x", "--count=3", "--jetstream"]);
+    assert!(ok, "publish with acks: {out}");
     server.kill_node(0).expect("kill");
     assert!(
         !nats_cli(&url, &["stream", "info", "K"]).0,
