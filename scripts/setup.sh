@@ -6,8 +6,10 @@
 #   NATS_CDR_CACHE=/some/dir bash scripts/setup.sh
 #
 # Result: $NATS_CDR_CACHE/bin/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,
+#         kubelet,kube-proxy,containerd,containerd-shim-runc-v2,ctr,crictl,coredns,pause,
 #         kwok,kwokctl,nats-server,nats,helm}, $NATS_CDR_CACHE/kwok/stages.yaml (kwok's pod and node
-#         lifecycle), and PostgreSQL 15 server binaries on the system.
+#         lifecycle), and from Debian packages: PostgreSQL 15's server, runc, the CNI plugins,
+#         iptables, conntrack, buildah (for scripts/images.sh) and a static busybox.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -147,17 +149,128 @@ kwok_stages() {
   stamp kwok-stages "$KWOK_VERSION"
 }
 
-install_postgres() {
-  if [ -x /usr/lib/postgresql/15/bin/initdb ] && [ -x /usr/lib/postgresql/15/bin/pg_ctl ]; then return; fi
-  log "installing PostgreSQL 15 from Debian packages"
+# Debian packages: PostgreSQL's server for the tests; runc, the CNI plugins, iptables and
+# conntrack for the real nodes; buildah to build the container images from their Dockerfiles;
+# a static busybox for the test nodes' probe pods.
+install_debian_packages() {
+  local missing=()
+  [ -x /usr/lib/postgresql/15/bin/initdb ] && [ -x /usr/lib/postgresql/15/bin/pg_ctl ] || missing+=(postgresql-15)
+  [ -x /usr/sbin/runc ] || missing+=(runc)
+  [ -x /usr/lib/cni/bridge ] && [ -x /usr/lib/cni/host-local ] || missing+=(containernetworking-plugins)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v conntrack >/dev/null || missing+=(conntrack)
+  command -v buildah >/dev/null || missing+=(buildah)
+  [ -x /bin/busybox ] || missing+=(busybox-static)
+  [ ${#missing[@]} -eq 0 ] && return
+  log "installing from Debian packages: ${missing[*]}"
   local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql-15 >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# containerd 2 (daemon, runc shim, ctr) through a wrapper module, without the storage drivers that
+# need cgo.
+build_containerd() {
+  local v=$CONTAINERD_VERSION
+  local tools=(containerd containerd-shim-runc-v2 ctr)
+  if built containerd "$v" "${tools[@]}"; then return; fi
+  log "building containerd $v"
+  local dir=$work/containerd-$v
+  mkdir -p "$dir"
+  cat > "$dir/go.mod" <<GOMOD
+module nats-cdr.dev/containerd-build
+
+go 1.24
+
+require github.com/containerd/containerd/v2 $v
+GOMOD
+  cat > "$dir/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "github.com/containerd/containerd/v2/cmd/containerd"
+	_ "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"
+	_ "github.com/containerd/containerd/v2/cmd/ctr"
+)
+GO
+  (cd "$dir" && go mod tidy -e >/dev/null 2>&1 || true)
+  for t in "${tools[@]}"; do
+    log "  go build $t"
+    (cd "$dir" && go build -tags "tools no_btrfs no_devmapper no_zfs" \
+      -ldflags "-s -w -X github.com/containerd/containerd/v2/version.Version=$v" \
+      -o "$bin/$t" "github.com/containerd/containerd/v2/cmd/$t")
+  done
+  stamp containerd "$v"
+}
+
+# A slim CoreDNS: the library with only the plugins a test cluster needs (no `forward`: names
+# outside cluster.local never leave the machine).
+build_coredns() {
+  local v=$COREDNS_VERSION
+  if built coredns "$v" coredns; then return; fi
+  log "building CoreDNS $v (slim)"
+  local dir=$work/coredns-$v
+  mkdir -p "$dir"
+  cat > "$dir/go.mod" <<GOMOD
+module nats-cdr.dev/coredns-build
+
+go 1.24
+
+require github.com/coredns/coredns $v
+GOMOD
+  cat > "$dir/main.go" <<'GO'
+// A CoreDNS with the plugins of a cluster DNS and nothing that reaches outside the cluster.
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+	_ "github.com/coredns/coredns/plugin/reload"
+	_ "github.com/coredns/coredns/plugin/whoami"
+)
+
+// The order of plugin.cfg upstream, restricted to the plugins above.
+func init() {
+	dnsserver.Directives = []string{
+		"reload", "bind", "ready", "health", "errors", "log",
+		"loadbalance", "cache", "kubernetes", "whoami",
+	}
+}
+
+func main() { coremain.Run() }
+GO
+  (cd "$dir" && go mod tidy >/dev/null)
+  (cd "$dir" && go build -ldflags "-s -w" -o "$bin/coredns" .)
+  stamp coredns "$v"
+}
+
+# The pause container, compiled from the Kubernetes source of the pinned release.
+build_pause() {
+  local v=$KUBERNETES_VERSION
+  if built pause "$v" pause; then return; fi
+  log "building the pause binary from k8s.io/kubernetes@$v"
+  local src
+  src=$(cd "$work/kubernetes-$v" && go mod download -json "k8s.io/kubernetes@$v" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+  [ -f "$src/build/pause/linux/pause.c" ] || { log "no build/pause/linux/pause.c in $src"; exit 1; }
+  gcc -Os -static -Wall -Werror -DVERSION="$v-nats-cdr" -o "$bin/pause" "$src/build/pause/linux/pause.c"
+  strip "$bin/pause"
+  stamp pause "$v"
 }
 
 main() {
   local t0=$SECONDS
-  install_postgres
+  install_debian_packages
   build_etcd
   go_install nats-server "$NATS_SERVER_VERSION" github.com/nats-io/nats-server/v2
   go_install natscli "$NATSCLI_VERSION" github.com/nats-io/natscli/nats
@@ -165,6 +278,10 @@ main() {
   kwok_stages
   go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
   build_kubernetes
+  build_pause
+  build_containerd
+  go_install crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
+  build_coredns
   log "ready in $((SECONDS - t0))s: $bin"
 }
 main "$@"

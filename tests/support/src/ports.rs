@@ -22,9 +22,11 @@ pub fn free_port() -> std::io::Result<u16> {
 
 /// Whether something accepts TCP connections on the loopback port.
 pub fn is_listening(port: u16) -> bool {
-    std::net::TcpStream::connect_timeout(
-        &(Ipv4Addr::LOCALHOST, port).into(),
-        std::time::Duration::from_millis(200),
-    )
-    .is_ok()
+    is_listening_on(Ipv4Addr::LOCALHOST, port)
+}
+
+/// Whether something accepts TCP connections on `ip:port`.
+pub fn is_listening_on(ip: Ipv4Addr, port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(&(ip, port).into(), std::time::Duration::from_millis(200))
+        .is_ok()
 }

@@ -44,6 +44,14 @@ impl TestCluster {
         matches!(self, Self::Local(_))
     }
 
+    /// The local control plane, when this is one.
+    pub fn local(&self) -> Option<&LocalCluster> {
+        match self {
+            Self::Local(local) => Some(local),
+            Self::External { .. } => None,
+        }
+    }
+
     /// Creates a namespace of its own for a test: `<prefix>-<pid>-<n>`.
     pub async fn new_namespace(&self, prefix: &str) -> Result<String, ClusterError> {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
@@ -80,7 +88,27 @@ pub async fn shared_api_cluster() -> Result<&'static TestCluster, ClusterError> 
 pub async fn shared_workload_cluster() -> Result<&'static TestCluster, ClusterError> {
     static CLUSTER: OnceCell<TestCluster> = OnceCell::const_new();
     CLUSTER
-        .get_or_try_init(|| start(ClusterOptions { fake_nodes: 2 }))
+        .get_or_try_init(|| {
+            start(ClusterOptions {
+                fake_nodes: 2,
+                ..Default::default()
+            })
+        })
+        .await
+}
+
+/// The cluster of this test binary where pods really run: when local, one real node (kubelet,
+/// containerd, kube-proxy) with CoreDNS and this repository's images imported; with `KUBECONFIG`,
+/// that cluster (kind loads the same images: scripts/kind-e2e.sh).
+pub async fn shared_node_cluster() -> Result<&'static TestCluster, ClusterError> {
+    static CLUSTER: OnceCell<TestCluster> = OnceCell::const_new();
+    CLUSTER
+        .get_or_try_init(|| {
+            start(ClusterOptions {
+                real_nodes: 1,
+                ..Default::default()
+            })
+        })
         .await
 }
 

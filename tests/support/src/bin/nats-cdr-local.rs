@@ -51,9 +51,12 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)..."
     );
-    let cluster = LocalCluster::start(ClusterOptions { fake_nodes: 1 })
-        .await
-        .context("starting the local control plane")?;
+    let cluster = LocalCluster::start(ClusterOptions {
+        fake_nodes: 1,
+        ..Default::default()
+    })
+    .await
+    .context("starting the local control plane")?;
     let client = cluster.client().await?;
     install_crds(&client).await.context("installing the CRDs")?;
 
