@@ -47,7 +47,7 @@ images() {
 }
 
 wanted() {
-  [ $# -eq 0 ] && return 0
+  [ $# -le 1 ] && return 0
   local n
   for n in "${@:2}"; do [ "$n" = "$1" ] && return 0; done
   return 1

@@ -34,14 +34,54 @@ enum Cmd {
         #[arg(long, default_value = "nats-cdr-demo")]
         namespace: String,
     },
+    /// Start only a local cluster and run until interrupted; prints one JSON line with its
+    /// kubeconfig, directory and slot once it is ready.
+    Cluster {
+        /// Real nodes (kubelet + containerd + kube-proxy), 0 to 4.
+        #[arg(long, default_value_t = 1)]
+        real_nodes: usize,
+        /// kwok fake nodes.
+        #[arg(long, default_value_t = 0)]
+        fake_nodes: usize,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let Cmd::Up {
-        state_dir,
-        namespace,
-    } = Args::parse().command;
+    match Args::parse().command {
+        Cmd::Up {
+            state_dir,
+            namespace,
+        } => up(state_dir, namespace).await,
+        Cmd::Cluster {
+            real_nodes,
+            fake_nodes,
+        } => cluster(real_nodes, fake_nodes).await,
+    }
+}
+
+async fn cluster(real_nodes: usize, fake_nodes: usize) -> anyhow::Result<()> {
+    let cluster = LocalCluster::start(ClusterOptions {
+        real_nodes,
+        fake_nodes,
+    })
+    .await
+    .context("starting the local cluster")?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "kubeconfig": cluster.kubeconfig_path(),
+            "dir": cluster.dir(),
+            "slot": cluster.addressing().map(|a| a.slot()),
+            "nodes": cluster.real_nodes().map(|n| n.names()),
+        })
+    );
+    wait_for_shutdown_signal().await?;
+    drop(cluster);
+    Ok(())
+}
+
+async fn up(state_dir: Option<PathBuf>, namespace: String) -> anyhow::Result<()> {
     let state_dir =
         state_dir.unwrap_or_else(|| nats_cdr_testsupport::binaries::cache_dir().join("demo"));
     std::fs::create_dir_all(&state_dir)?;

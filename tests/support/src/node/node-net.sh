@@ -41,10 +41,14 @@ net_unlock() { flock -u 8; exec 8>&-; }
 idx() { echo $((SLOT * 4 + $1)); }
 netns() { echo "ncdr-s$SLOT-n$1"; }
 cgroup_name() { echo "ncdr-s$SLOT-n$1"; }
+# The cgroup v1 hierarchies (where node cgroup parents are made), and with `all` also the v2
+# "unified" one of a hybrid host, where runc and the kubelet make cgroups of their own.
 cgroup_hierarchies() {
   local h
   for h in /sys/fs/cgroup/*; do
-    [ -d "$h" ] && [ "$(basename "$h")" != unified ] && echo "$h"
+    [ -d "$h" ] || continue
+    [ "$(basename "$h")" = unified ] && [ "${1:-}" != all ] && continue
+    echo "$h"
   done
 }
 
@@ -126,7 +130,7 @@ kill_everything() {
       [ "$pid" = "$$" ] && continue
       kill -9 "$pid" 2>/dev/null && found=1
     done
-    for h in $(cgroup_hierarchies); do
+    for h in $(cgroup_hierarchies all); do
       for ((i = 0; i < NODES; i++)); do
         [ -d "$h/$(cgroup_name "$i")" ] || continue
         for pid in $(find "$h/$(cgroup_name "$i")" -name cgroup.procs -exec cat {} + 2>/dev/null); do
@@ -152,7 +156,7 @@ unmount_everything() {
 
 remove_cgroups() {
   local h i
-  for h in $(cgroup_hierarchies); do
+  for h in $(cgroup_hierarchies all); do
     for ((i = 0; i < NODES; i++)); do
       [ -d "$h/$(cgroup_name "$i")" ] || continue
       find "$h/$(cgroup_name "$i")" -depth -type d -exec rmdir {} \; 2>/dev/null
