@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The embedded default: a local Kubernetes control plane (no containers needed) with the nats-cdr
-# CRDs installed and the examples applied, plus the data path running for real: nats-server,
-# PostgreSQL, the operator, kam-cdr-bridge tailing a sample acc_json file and cdr-worker writing
-# CDRs into PostgreSQL. Runs in the background until `bash scripts/demo.sh down`.
+# The embedded default: a local Kubernetes cluster (control plane and one real node: kubelet,
+# containerd, kube-proxy, CoreDNS; no Docker needed), the operator installed by its Helm chart and
+# running in a pod from the image built here, the examples applied, and the data path running for
+# real: nats-server, PostgreSQL, kam-cdr-bridge tailing a sample acc_json file and cdr-worker
+# writing CDRs into PostgreSQL. Runs in the background until `bash scripts/demo.sh down`.
 #
 #   bash scripts/demo.sh        # start (idempotent), then print where to point kubectl
 #   bash scripts/demo.sh down   # stop everything
@@ -31,11 +32,12 @@ if running && [ -f "$state/ready" ]; then
   echo "already running (pid $(cat "$pidfile"))"
 else
   bash scripts/setup.sh
+  bash scripts/images.sh
   cargo build --locked -q --workspace --bins
   rm -f "$state/ready"
   setsid nohup target/debug/nats-cdr-local up --state-dir "$state" > "$state/demo.log" 2>&1 < /dev/null &
   echo $! > "$pidfile"
-  for _ in $(seq 1 900); do
+  for _ in $(seq 1 3000); do
     [ -f "$state/ready" ] && break
     if ! running; then
       echo "the local environment failed to start; its log ($state/demo.log):" >&2
@@ -44,9 +46,10 @@ else
     fi
     sleep 0.2
   done
-  [ -f "$state/ready" ] || { echo "not ready after 180 s; see $state/demo.log" >&2; exit 1; }
+  [ -f "$state/ready" ] || { echo "not ready after 600 s; see $state/demo.log" >&2; exit 1; }
   cat "$state/demo.log"
 fi
 echo
+echo "kubectl --kubeconfig $state/kubeconfig get pods -A -o wide"
 echo "kubectl --kubeconfig $state/kubeconfig get natsclusters,jetstreamstreams,jetstreamconsumers,cdrpipelines -A"
 echo "stop with: bash scripts/demo.sh down"

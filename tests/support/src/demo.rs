@@ -1,7 +1,9 @@
 //! The data path of the embedded default (`nats-cdr-local up`): a real nats-server and
-//! PostgreSQL, the operator binary reconciling an external `NatsCluster`, the CDR stream and the
-//! workers' consumer, then kam-cdr-bridge tailing a sample acc_json file and cdr-worker writing
-//! the CDRs into PostgreSQL. Sample calls keep being appended so CDRs keep flowing.
+//! PostgreSQL, the operator installed by its Helm chart and running in the cluster (reconciling an
+//! external `NatsCluster` at that nats-server, the CDR stream and the workers' consumer), then
+//! kam-cdr-bridge tailing a sample acc_json file and cdr-worker writing the CDRs into PostgreSQL.
+//! Sample calls keep being appended so CDRs keep flowing. (Bridge and worker run as host
+//! processes until the CdrPipeline controller deploys them as pods.)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,19 +15,24 @@ use kube::api::{Api, DynamicObject};
 use kube::discovery::ApiResource;
 use nix::sys::signal::Signal;
 
+use crate::k8s::wait_deployment_available;
 use crate::kube_cluster::wait_for;
+use crate::nats::NatsOptions;
 use crate::ports::free_port;
 use crate::process::ServerProcess;
-use crate::{NatsServer, Postgres, apply_yaml};
+use crate::{NatsServer, Postgres, apply_yaml, repo_root, tools};
 
 /// Name of the NatsCluster that points at the demo's nats-server.
 pub const NATS_CLUSTER: &str = "local-nats";
 /// Database the worker writes to.
 pub const DATABASE: &str = "cdr";
 
+/// Namespace and release name of the operator's Helm release.
+pub const OPERATOR_NAMESPACE: &str = "nats-cdr-system";
+pub const OPERATOR_RELEASE: &str = "nats-cdr";
+
 /// Everything the data path runs; stops on drop (processes first, then the servers).
 pub struct DataPath {
-    pub operator: ServerProcess,
     pub bridge: ServerProcess,
     pub worker: ServerProcess,
     pub nats: NatsServer,
@@ -49,16 +56,57 @@ fn sibling_binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// Starts the data path and waits until the first sample CDRs are in PostgreSQL.
+/// Installs the operator with its Helm chart (the image of scripts/images.sh, two replicas with
+/// leader election) and waits until it is available.
+pub async fn install_operator(client: &Client, kubeconfig: &Path) -> anyhow::Result<()> {
+    let chart = repo_root().join("charts").join("nats-cdr");
+    tools::run(
+        "helm",
+        kubeconfig,
+        &[
+            "upgrade",
+            "--install",
+            OPERATOR_RELEASE,
+            &chart.display().to_string(),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--create-namespace",
+            "--set",
+            "logFormat=text",
+            "--set",
+            "resyncPeriod=1m",
+            "--set",
+            "statusRefresh=10s",
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+    )?;
+    wait_deployment_available(
+        client,
+        OPERATOR_NAMESPACE,
+        &format!("{OPERATOR_RELEASE}-operator"),
+        2,
+        Duration::from_secs(180),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Starts the data path and waits until the first sample CDRs are in PostgreSQL. nats-server
+/// listens on `nats_listen`, an address the operator's pods reach.
 pub async fn start(
     client: &Client,
-    kubeconfig: &Path,
     namespace: &str,
     state_dir: &Path,
+    nats_listen: std::net::Ipv4Addr,
 ) -> anyhow::Result<DataPath> {
     let logs = state_dir.join("logs");
     std::fs::create_dir_all(&logs)?;
-    let nats = NatsServer::start()?;
+    let nats = NatsServer::start_with(NatsOptions {
+        listen: nats_listen,
+        ..Default::default()
+    })?;
     let postgres = Postgres::start()?;
     postgres.create_database(DATABASE)?;
     println!(
@@ -66,20 +114,6 @@ pub async fn start(
         nats.url(),
         postgres.url_for(DATABASE)
     );
-
-    let mut operator_cmd = Command::new(sibling_binary("nats-cdr-operator")?);
-    operator_cmd
-        .env("KUBECONFIG", kubeconfig)
-        .env("LOG_FORMAT", "text")
-        .env("METRICS_ADDR", format!("127.0.0.1:{}", free_port()?))
-        .env("RESYNC_PERIOD", "1m")
-        .env("STATUS_REFRESH", "10s");
-    let operator = ServerProcess::start(
-        "nats-cdr-operator",
-        operator_cmd,
-        &logs.join("operator.log"),
-        Signal::SIGTERM,
-    )?;
 
     apply_yaml(client, &jetstream_objects(&nats.url()), namespace).await?;
     wait_ready(client, namespace, "JetStreamConsumer", "cdr-worker").await?;
@@ -120,7 +154,6 @@ pub async fn start(
     )?;
 
     let data_path = DataPath {
-        operator,
         bridge,
         worker,
         nats,

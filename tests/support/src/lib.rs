@@ -16,6 +16,7 @@ pub mod binaries;
 pub mod certs;
 pub mod demo;
 pub mod images;
+pub mod in_cluster;
 pub mod k8s;
 pub mod kube_cluster;
 pub mod manifests;
@@ -26,6 +27,7 @@ pub mod postgres;
 pub mod process;
 pub mod scratch;
 pub mod shared;
+pub mod tools;
 
 pub use kube_cluster::{ClusterError, ClusterOptions, LocalCluster, wait_for};
 pub use manifests::{apply_yaml, install_crds, parse_documents};

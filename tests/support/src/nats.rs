@@ -38,6 +38,10 @@ pub struct NatsOptions {
     pub max_payload: Option<u64>,
     /// Extra lines appended to every node's config (accounts, authorization, ...).
     pub extra_config: String,
+    /// Address the client port listens on: loopback by default; a local cluster's
+    /// [`crate::node::network::Addressing::api_address`] makes the server reachable from its pods
+    /// too.
+    pub listen: Ipv4Addr,
 }
 
 impl Default for NatsOptions {
@@ -47,6 +51,7 @@ impl Default for NatsOptions {
             sync_always: true,
             max_payload: None,
             extra_config: String::new(),
+            listen: Ipv4Addr::LOCALHOST,
         }
     }
 }
@@ -65,6 +70,7 @@ struct Node {
 #[derive(Debug)]
 pub struct NatsServer {
     binary: PathBuf,
+    listen: Ipv4Addr,
     dir: PathBuf,
     nodes: Vec<Node>,
 }
@@ -94,8 +100,9 @@ impl NatsServer {
             let store = dir.join(&name).join("jetstream");
             std::fs::create_dir_all(&store)?;
             let mut config = format!(
-                "server_name: {name}\nlisten: 127.0.0.1:{client_port}\nhttp: 127.0.0.1:{monitor_port}\n\
+                "server_name: {name}\nlisten: {}:{client_port}\nhttp: 127.0.0.1:{monitor_port}\n\
                  jetstream {{\n  store_dir: \"{}\"\n{}}}\n",
+                options.listen,
                 store.display(),
                 if options.sync_always {
                     "  sync_interval: always\n"
@@ -124,7 +131,12 @@ impl NatsServer {
                 process: None,
             });
         }
-        let mut server = Self { binary, dir, nodes };
+        let mut server = Self {
+            binary,
+            listen: options.listen,
+            dir,
+            nodes,
+        };
         for i in 0..count {
             server.spawn_node(i)?;
         }
@@ -143,7 +155,7 @@ impl NatsServer {
     pub fn node_url(&self, i: usize) -> String {
         self.nodes
             .get(i)
-            .map(|n| format!("nats://127.0.0.1:{}", n.client_port))
+            .map(|n| format!("nats://{}:{}", self.listen, n.client_port))
             .unwrap_or_default()
     }
 

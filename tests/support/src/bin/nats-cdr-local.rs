@@ -1,10 +1,14 @@
-//! `nats-cdr-local up`: the embedded default environment. Starts a local control plane (etcd,
-//! kube-apiserver, controller-manager, scheduler, one kwok node), installs the CRDs, applies the
-//! examples into namespace `nats-cdr-demo`, then runs the data path for real: nats-server,
-//! PostgreSQL, the operator (reconciling an external NatsCluster, the CDR stream and the workers'
-//! consumer), kam-cdr-bridge tailing a sample acc_json file and cdr-worker writing CDRs into
-//! PostgreSQL, with a new sample call appended every two seconds. Writes a kubeconfig and runs
-//! until SIGINT/SIGTERM, then stops everything. `scripts/demo.sh` runs it in the background.
+//! `nats-cdr-local up`: the embedded default environment. Starts a local cluster (etcd,
+//! kube-apiserver, controller-manager, scheduler, one real node with kubelet, containerd,
+//! kube-proxy and CoreDNS), installs the operator with its Helm chart (it runs in a pod, from the
+//! image of scripts/images.sh), applies the examples into namespace `nats-cdr-demo`, then runs the
+//! data path for real: nats-server, PostgreSQL, the operator reconciling an external NatsCluster,
+//! the CDR stream and the workers' consumer, kam-cdr-bridge tailing a sample acc_json file and
+//! cdr-worker writing CDRs into PostgreSQL, with a new sample call appended every two seconds.
+//! Writes a kubeconfig and runs until SIGINT/SIGTERM, then stops everything. `scripts/demo.sh`
+//! runs it in the background.
+//!
+//! `nats-cdr-local cluster`: only a local cluster (for poking around, and for the teardown test).
 
 use std::path::PathBuf;
 
@@ -89,15 +93,26 @@ async fn up(state_dir: Option<PathBuf>, namespace: String) -> anyhow::Result<()>
     let _ = std::fs::remove_file(&ready_marker);
 
     println!(
-        "starting the local control plane (etcd, kube-apiserver, controller-manager, scheduler, kwok)..."
+        "starting the local cluster (etcd, kube-apiserver, controller-manager, scheduler, one real node: kubelet + containerd + kube-proxy, CoreDNS)..."
     );
     let cluster = LocalCluster::start(ClusterOptions {
-        fake_nodes: 1,
+        real_nodes: 1,
         ..Default::default()
     })
     .await
-    .context("starting the local control plane")?;
+    .context("starting the local cluster")?;
     let client = cluster.client().await?;
+    let kubeconfig = state_dir.join("kubeconfig");
+    std::fs::copy(cluster.kubeconfig_path(), &kubeconfig)?;
+    let addressing = cluster
+        .addressing()
+        .context("the local cluster has no real node")?;
+
+    println!("installing the operator with its Helm chart (CRDs included)...");
+    demo::install_operator(&client, &kubeconfig)
+        .await
+        .context("installing the operator with helm")?;
+    // The chart installed the CRDs; this makes sure they are current and Established.
     install_crds(&client).await.context("installing the CRDs")?;
 
     let namespace_yaml =
@@ -118,12 +133,9 @@ async fn up(state_dir: Option<PathBuf>, namespace: String) -> anyhow::Result<()>
         println!("applied {} ({} objects)", file.display(), applied.len());
     }
 
-    let kubeconfig = state_dir.join("kubeconfig");
-    std::fs::copy(cluster.kubeconfig_path(), &kubeconfig)?;
-
-    let data_path = demo::start(&client, &kubeconfig, &namespace, &state_dir)
+    let data_path = demo::start(&client, &namespace, &state_dir, addressing.api_address())
         .await
-        .context("starting the data path (nats-server, PostgreSQL, operator, bridge, worker)")?;
+        .context("starting the data path (nats-server, PostgreSQL, bridge, worker)")?;
     println!(
         "CDRs flowing: {} calls in PostgreSQL so far; a new call every 2 s",
         data_path.cdr_count()
@@ -132,6 +144,7 @@ async fn up(state_dir: Option<PathBuf>, namespace: String) -> anyhow::Result<()>
     std::fs::write(&ready_marker, format!("{}\n", std::process::id()))?;
     println!("\nready. Everything runs until this process is stopped.");
     println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!("  kubectl get pods -A -o wide");
     println!(
         "  kubectl get natsclusters,jetstreamstreams,jetstreamconsumers,cdrpipelines -n {namespace}"
     );
