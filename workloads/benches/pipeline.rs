@@ -18,26 +18,27 @@
 //! `PIPELINE_BENCH_RATES`, default `1000,10000`; `PIPELINE_BENCH_BRIDGE_ARGS`, extra bridge flags).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../tests/pipeline_common.rs"]
-mod pipeline_common;
+#[path = "../tests/it/support/mod.rs"]
+mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use pipeline_common::{Pipeline, append, count};
 use serde_json::json;
+use support::db::count;
+use support::pipeline::{Pipeline, append};
 
 /// Worker flags equal to its shipped defaults (the harness would otherwise use test settings).
 const WORKER_DEFAULTS: [&str; 10] = [
     "--batch-size",
     "500",
-    "--ack-wait-ms",
-    "30000",
+    "--ack-wait",
+    "30s",
     "--max-deliver",
     "5",
-    "--fetch-expiry-ms",
-    "5000",
-    "--max-backoff-ms",
-    "30000",
+    "--fetch-expiry",
+    "5s",
+    "--max-backoff",
+    "30s",
 ];
 
 fn now_micros() -> i64 {
@@ -112,16 +113,14 @@ async fn run_phase(p: &Pipeline, tag: &str, rate: u64, secs: u64) -> Phase {
     let (appended, append_secs) = writer.join().unwrap();
     let done = Instant::now();
     let url = p.pg.url();
-    let count_sql: &'static str = Box::leak(
-        format!("SELECT count(*) FROM cdr_record WHERE call_id LIKE '{tag}-%'").into_boxed_str(),
-    );
+    let count_sql = format!("SELECT count(*) FROM cdr_record WHERE call_id LIKE '{tag}-%'");
     // Where the backlog sits when the writer stops: not yet published (bridge), or published
     // but not yet committed (worker).
     let published_at_end = p.stream_messages().await.saturating_sub(stream_before);
-    let committed_at_end = count(&url, count_sql).await.unwrap_or(0) as u64;
+    let committed_at_end = count(&url, &count_sql).await.unwrap_or(0) as u64;
     let mut drain_secs = None;
     while done.elapsed() < Duration::from_secs(120) {
-        if count(&url, count_sql).await.unwrap_or(0) as u64 >= appended {
+        if count(&url, &count_sql).await.unwrap_or(0) as u64 >= appended {
             drain_secs = Some(done.elapsed().as_secs_f64());
             break;
         }
@@ -175,7 +174,7 @@ async fn main() {
             .unwrap(),
         "on"
     );
-    // PIPELINE_BENCH_BRIDGE_ARGS: extra bridge flags, e.g. `--poll-interval-ms 20`.
+    // PIPELINE_BENCH_BRIDGE_ARGS: extra bridge flags, e.g. `--poll-interval 20ms`.
     let bridge_args = std::env::var("PIPELINE_BENCH_BRIDGE_ARGS").unwrap_or_default();
     let bridge_args: Vec<&str> = bridge_args.split_whitespace().collect();
     p.start_bridge_with(&bridge_args);

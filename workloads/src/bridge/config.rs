@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::nats_auth::NatsAuth;
+use crate::nats_auth::NatsAuth;
 
 /// Everything `run` needs.
 #[derive(Debug, Clone)]

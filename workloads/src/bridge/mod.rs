@@ -5,7 +5,8 @@
 //! 2. [`classify`]: route each line to `cdr.raw` or, when malformed, to [`dead_letter`];
 //! 3. [`publish`]: publish with `Nats-Msg-Id`, at most `in_flight` awaiting acks at once, each
 //!    retried with backoff until acked; then announce its [`events`] call event;
-//! 4. [`checkpoint`]: persist the offset past the longest acked prefix of lines.
+//! 4. [`window`]: track what is in flight in file order; [`checkpoint`]: persist the offset past
+//!    the longest acked prefix of lines.
 //!
 //! [`run`] wires them together with [`metrics`] and the `/metrics`, `/healthz`, `/readyz`
 //! endpoint.
@@ -18,27 +19,29 @@ pub mod events;
 pub mod metrics;
 pub mod publish;
 pub mod tail;
+pub mod window;
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::stream::FuturesOrdered;
+use futures::stream::FuturesUnordered;
 use nats_cdr_observability::{ObservabilityError, Readiness, Telemetry};
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-pub use config::{BridgeConfig, NatsAuth};
+pub use config::BridgeConfig;
 
 use checkpoint::{Checkpoint, CheckpointError};
 use metrics::Metrics;
-use publish::{PublishError, Publisher};
+use publish::Publisher;
 use tail::{CurrentFile, Tailer};
+use window::Window;
 
+use crate::backoff::{self, Backoff};
 use crate::contract::subjects::{DEFAULT_STREAM_NAME, STREAM_SUBJECTS};
+use crate::nats_auth::ConnectError;
 
 /// Why the bridge stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +51,7 @@ pub enum BridgeError {
     Checkpoint(#[from] CheckpointError),
     /// NATS could not be set up.
     #[error(transparent)]
-    Publish(#[from] PublishError),
+    Connect(#[from] ConnectError),
     /// The metrics endpoint could not be served.
     #[error("cannot serve metrics")]
     Telemetry(#[source] ObservabilityError),
@@ -65,7 +68,7 @@ impl BridgeError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Checkpoint(e) => e.reason(),
-            Self::Publish(e) => e.reason(),
+            Self::Connect(e) => e.reason(),
             Self::Telemetry(_) => "telemetry",
             Self::Spawn(_) => "spawn",
             Self::TailerStopped => "tailer_stopped",
@@ -73,30 +76,19 @@ impl BridgeError {
     }
 }
 
-/// Runs the bridge until `shutdown` completes, then waits (up to the shutdown timeout) for the
+/// Runs the bridge until `shutdown` is cancelled, then waits (up to the shutdown timeout) for the
 /// acks of what is in flight and writes a last checkpoint.
-pub async fn run(
-    config: BridgeConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), BridgeError> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-
+pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> Result<(), BridgeError> {
     let metrics = Metrics::default();
     let readiness = Arc::new(Readiness::new("connecting to NATS"));
     if let Some(addr) = config.metrics_addr {
         let mut registry = Registry::with_prefix("kam_cdr_bridge");
         metrics.register(&mut registry);
         let telemetry = Telemetry::new(registry, readiness.clone());
-        let mut stop = stop_rx.clone();
-        let (bound, _task) = nats_cdr_observability::serve(addr, telemetry, async move {
-            stopped(&mut stop).await;
-        })
-        .await
-        .map_err(BridgeError::Telemetry)?;
+        let (bound, _task) =
+            nats_cdr_observability::serve(addr, telemetry, shutdown.clone().cancelled_owned())
+                .await
+                .map_err(BridgeError::Telemetry)?;
         tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
     }
 
@@ -109,9 +101,14 @@ pub async fn run(
         in_flight = config.in_flight,
         "starting kam-cdr-bridge"
     );
-    let client = publish::connect(&config).await?;
+    let client = crate::nats_auth::connect(
+        &config.nats_url,
+        &config.auth,
+        format!("kam-cdr-bridge/{}", config.node),
+    )
+    .await?;
     if let Some(stream) = &config.create_stream {
-        create_stream(&client, stream, &config, stop_rx.clone()).await;
+        create_stream(&client, stream, &config, &shutdown).await;
     }
     let publisher = Arc::new(Publisher::new(client.clone(), &config, metrics.clone()));
 
@@ -123,13 +120,15 @@ pub async fn run(
     );
     let current_file = tailer.current_file();
     let (tx, rx) = mpsc::channel(4);
-    let tail_stop = Arc::new(AtomicBool::new(false));
+    // Stops the reading thread when this function returns, however it returns.
+    let tail_stop = CancellationToken::new();
+    let _stop_tail_on_return = tail_stop.clone().drop_guard();
     tail::spawn(
         tailer,
         tx,
         config.poll_interval,
         metrics.lines_read.clone(),
-        tail_stop.clone(),
+        tail_stop,
     )
     .map_err(BridgeError::Spawn)?;
 
@@ -140,19 +139,13 @@ pub async fn run(
         client: &client,
         current_file,
         saved: resume,
-        acked: None,
+        window: Window::new(config.in_flight, config.in_flight),
     };
-    let result = pipeline.run(publisher, rx, stop_rx).await;
-    tail_stop.store(true, Ordering::Relaxed);
+    let result = pipeline.run(publisher, rx, &shutdown).await;
     if let Err(error) = client.flush().await {
         tracing::debug!(error = %error, "flush on shutdown failed");
     }
     result
-}
-
-/// Completes once shutdown was asked for (or can no longer be told).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
 }
 
 /// The publish window and the checkpoint of its acked prefix.
@@ -164,8 +157,8 @@ struct Pipeline<'a> {
     current_file: CurrentFile,
     /// The checkpoint last written (or loaded).
     saved: Option<Checkpoint>,
-    /// Past the longest acked prefix of lines.
-    acked: Option<Checkpoint>,
+    /// What is in flight, and the checkpoint past its acked prefix.
+    window: Window<Checkpoint>,
 }
 
 impl Pipeline<'_> {
@@ -173,34 +166,37 @@ impl Pipeline<'_> {
         &mut self,
         publisher: Arc<Publisher>,
         mut rx: mpsc::Receiver<Vec<tail::Line>>,
-        mut stop: watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<(), BridgeError> {
-        let window = self.config.in_flight.max(1);
-        let mut in_flight = FuturesOrdered::new();
-        let mut pending: VecDeque<tail::Line> = VecDeque::new();
+        let mut in_flight = FuturesUnordered::new();
+        let mut pending: std::collections::VecDeque<tail::Line> = Default::default();
         let mut tick = tokio::time::interval(self.config.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut result = Ok(());
         loop {
-            while in_flight.len() < window {
+            while self.window.room() > 0 {
                 let Some(line) = pending.pop_front() else {
                     break;
                 };
+                let ticket = self.window.open(line.checkpoint(), 1);
                 let publisher = publisher.clone();
-                in_flight.push_back(async move { publisher.deliver(line).await });
+                in_flight.push(async move {
+                    publisher.deliver(line).await;
+                    ticket
+                });
             }
-            self.metrics.in_flight.set(in_flight.len() as i64);
+            self.metrics.in_flight.set(self.window.lines() as i64);
             tokio::select! {
                 biased;
-                () = stopped(&mut stop) => break,
-                Some(line) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.acked = Some(line.checkpoint());
+                () = shutdown.cancelled() => break,
+                Some(ticket) = in_flight.next(), if !in_flight.is_empty() => {
+                    self.window.ack(ticket);
                     // Take every other ack that is already in, without a new select round.
-                    while let Some(Some(line)) = futures::FutureExt::now_or_never(in_flight.next()) {
-                        self.acked = Some(line.checkpoint());
+                    while let Some(Some(ticket)) = futures::FutureExt::now_or_never(in_flight.next()) {
+                        self.window.ack(ticket);
                     }
                 }
-                batch = rx.recv(), if pending.is_empty() && in_flight.len() < window => match batch {
+                batch = rx.recv(), if pending.is_empty() && self.window.room() > 0 => match batch {
                     Some(batch) => pending.extend(batch),
                     None => {
                         result = Err(BridgeError::TailerStopped);
@@ -216,8 +212,8 @@ impl Pipeline<'_> {
         drop(rx);
         let left = in_flight.len();
         let drain = async {
-            while let Some(line) = in_flight.next().await {
-                self.acked = Some(line.checkpoint());
+            while let Some(ticket) = in_flight.next().await {
+                self.window.ack(ticket);
             }
         };
         if tokio::time::timeout(self.config.shutdown_timeout, drain)
@@ -244,7 +240,7 @@ impl Pipeline<'_> {
 
     /// Writes the acked checkpoint when it moved, and updates the lag metric.
     async fn save(&mut self) {
-        if let Some(acked) = self.acked.clone()
+        if let Some(acked) = self.window.acked().cloned()
             && self.saved.as_ref() != Some(&acked)
         {
             let path = self.config.checkpoint.clone();
@@ -294,7 +290,7 @@ async fn create_stream(
     client: &async_nats::Client,
     name: &str,
     config: &BridgeConfig,
-    mut stop: watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) {
     let js = async_nats::jetstream::new(client.clone());
     let stream = async_nats::jetstream::stream::Config {
@@ -308,23 +304,16 @@ async fn create_stream(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    let mut attempt = 0;
-    loop {
-        match js.get_or_create_stream(stream.clone()).await {
-            Ok(_) => {
-                tracing::info!(stream = %stream.name, "stream ready");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot create the stream yet; retrying");
-                let delay =
-                    publish::backoff_delay(config.backoff_initial, config.backoff_max, attempt);
-                attempt += 1;
-                tokio::select! {
-                    () = stopped(&mut stop) => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let created = backoff::retry(
+        shutdown,
+        Backoff::new(config.backoff_initial, config.backoff_max),
+        || js.get_or_create_stream(stream.clone()),
+        |error, delay| {
+            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot create the stream yet; retrying");
+        },
+    )
+    .await;
+    if created.is_some() {
+        tracing::info!(stream = %stream.name, "stream ready");
     }
 }

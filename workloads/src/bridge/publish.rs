@@ -1,17 +1,15 @@
-//! Publishing to JetStream: connect, and deliver one line until the stream has acked it.
+//! Publishing to JetStream: deliver one line until the stream has acked it.
 //!
 //! [`Publisher::deliver`] never gives up on a transient failure: it retries with the same
 //! `Nats-Msg-Id` (so a publish that was stored but whose ack was lost is dropped as a duplicate)
 //! after an exponential, capped, jittered delay. The caller bounds how many deliveries run at
 //! once, which is what stops the reading when NATS is slow or down.
 
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::time::Duration;
 
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::{Client, ConnectOptions, HeaderMap};
+use async_nats::{Client, HeaderMap};
 use bytes::Bytes;
 
 use super::classify::{Outbound, classify};
@@ -19,60 +17,7 @@ use super::config::BridgeConfig;
 use super::dead_letter;
 use super::metrics::Metrics;
 use super::tail::Line;
-
-/// Failure to set up the NATS connection.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// The credentials file cannot be read.
-    #[error(transparent)]
-    Credentials(#[from] crate::nats_auth::CredentialsError),
-    /// The client could not be set up.
-    #[error("cannot connect to NATS")]
-    Connect(#[source] async_nats::ConnectError),
-}
-
-impl PublishError {
-    /// Short category for logs and metrics.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Credentials(_) => "nats_credentials",
-            Self::Connect(_) => "nats_connect",
-        }
-    }
-}
-
-/// Connects to NATS, retrying in the background for ever (also on the first connect).
-pub async fn connect(config: &BridgeConfig) -> Result<Client, PublishError> {
-    let options = config
-        .auth
-        .apply(ConnectOptions::new())
-        .await?
-        .name(format!("kam-cdr-bridge/{}", config.node))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
-                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                other => tracing::info!(event = %other, "NATS event"),
-            }
-        });
-    options
-        .connect(config.nats_url.as_str())
-        .await
-        .map_err(PublishError::Connect)
-}
-
-/// Exponential backoff: `initial * 2^attempt`, capped at `max`, with jitter in its upper half.
-pub fn backoff_delay(initial: Duration, max: Duration, attempt: u32) -> Duration {
-    let exp = initial
-        .saturating_mul(2u32.saturating_pow(attempt.min(20)))
-        .min(max);
-    let half = exp / 2;
-    let random = RandomState::new().hash_one(attempt);
-    let jitter_nanos = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX).max(1);
-    half + Duration::from_nanos(random % jitter_nanos)
-}
+use crate::backoff::Backoff;
 
 /// Publishes lines of one node.
 #[derive(Debug, Clone)]
@@ -108,7 +53,7 @@ impl Publisher {
     #[tracing::instrument(name = "deliver", skip_all, fields(offset = line.end_offset))]
     pub async fn deliver(&self, line: Line) -> Line {
         let mut message = classify(&self.node, &line);
-        let mut attempt = 0u32;
+        let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max);
         loop {
             let max_payload = self.client.server_info().max_payload;
             if max_payload > 0 && message.wire_size() + 64 > max_payload {
@@ -148,11 +93,11 @@ impl Publisher {
                 }
                 Err(error) => {
                     self.metrics.publish_retries.inc();
-                    let delay = backoff_delay(self.backoff_initial, self.backoff_max, attempt);
+                    let attempt = backoff.attempts();
+                    let delay = backoff.next_delay();
                     if attempt.is_multiple_of(10) {
                         tracing::warn!(error = %error, attempt, delay_ms = delay.as_millis() as u64, subject = %message.subject, "publish failed; retrying");
                     }
-                    attempt = attempt.saturating_add(1);
                     tokio::time::sleep(delay).await;
                 }
             }
@@ -198,24 +143,5 @@ impl Publisher {
             Ok(Err(error)) => tracing::debug!(error = %error, "call event not sent"),
             Err(_) => tracing::debug!("call event not sent in time"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_is_capped_and_jittered() {
-        let initial = Duration::from_millis(100);
-        let max = Duration::from_secs(5);
-        for attempt in 0..40 {
-            let d = backoff_delay(initial, max, attempt);
-            let exp = (initial * 2u32.pow(attempt.min(20))).min(max);
-            assert!(d >= exp / 2 && d <= exp, "attempt {attempt}: {d:?}");
-        }
-        let many: std::collections::HashSet<_> =
-            (0..20).map(|_| backoff_delay(initial, max, 10)).collect();
-        assert!(many.len() > 1, "jitter varies the delay");
     }
 }

@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! kam-cdr-bridge against a real nats-server. The stream is created here, as the operator would,
 //! and its content is checked with plain async-nats stream reads, not with the bridge's code.
 
@@ -9,88 +8,20 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
+use nats_cdr_observability::CancellationToken;
 use nats_cdr_testsupport::{NatsOptions, NatsServer};
 use nats_cdr_workloads::bridge::{self, BridgeConfig};
 use nats_cdr_workloads::contract::headers::{
     CDR_SOURCE, CORRELATION_ID, DLQ_DETAIL, DLQ_REASON, NATS_MSG_ID, TRACEPARENT,
 };
 use nats_cdr_workloads::contract::msg_id::msg_id;
-use nats_cdr_workloads::contract::subjects::{CDR_RAW, DEFAULT_STREAM_NAME, STREAM_SUBJECTS};
+use nats_cdr_workloads::contract::subjects::CDR_RAW;
 
-const NODE: &str = "sip-01";
-
-/// One stored message, as read back from the stream.
-#[derive(Debug, Clone)]
-struct Stored {
-    subject: String,
-    headers: HashMap<String, String>,
-    payload: Vec<u8>,
-}
-
-async fn create_stream(url: &str) -> jetstream::Context {
-    let client = async_nats::connect(url).await.unwrap();
-    let js = jetstream::new(client);
-    js.create_stream(jetstream::stream::Config {
-        name: DEFAULT_STREAM_NAME.to_owned(),
-        subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
-        storage: jetstream::stream::StorageType::File,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    js
-}
-
-async fn message_count(js: &jetstream::Context) -> u64 {
-    let mut stream = js.get_stream(DEFAULT_STREAM_NAME).await.unwrap();
-    stream.info().await.unwrap().state.messages
-}
-
-/// Every message of the stream, by sequence.
-async fn read_all(js: &jetstream::Context) -> Vec<Stored> {
-    let mut stream = js.get_stream(DEFAULT_STREAM_NAME).await.unwrap();
-    let state = stream.info().await.unwrap().state.clone();
-    let mut out = Vec::new();
-    for seq in state.first_sequence..=state.last_sequence {
-        if state.messages == 0 {
-            break;
-        }
-        let Ok(message) = stream.get_raw_message(seq).await else {
-            continue;
-        };
-        let headers = message
-            .headers
-            .iter()
-            .flat_map(|(name, values)| {
-                values
-                    .iter()
-                    .map(move |v| (name.to_string(), v.as_str().to_owned()))
-            })
-            .collect();
-        out.push(Stored {
-            subject: message.subject.to_string(),
-            headers,
-            payload: message.payload.to_vec(),
-        });
-    }
-    out
-}
-
-async fn wait_for_count(js: &jetstream::Context, want: u64, within: Duration) {
-    let start = Instant::now();
-    loop {
-        let have = message_count(js).await;
-        if have >= want {
-            return;
-        }
-        assert!(
-            start.elapsed() < within,
-            "stream has {have} messages, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use crate::support::NODE;
+use crate::support::acc::{series, series_line};
+use crate::support::nats::{Stored, create_stream, message_count, read_all, wait_for_count};
+use crate::support::pipeline::append;
+use crate::support::proc::Proc;
 
 /// Asserts that the raw messages are exactly `lines`, each once, with the contract's headers.
 fn assert_exactly_once(stored: &[Stored], lines: &[String]) {
@@ -108,41 +39,36 @@ fn assert_exactly_once(stored: &[Stored], lines: &[String]) {
     assert_eq!(raw.len(), lines.len(), "no other raw messages");
 }
 
-/// An acc_json line; every third has a syslog prefix.
-fn cdr_line(tag: &str, i: usize) -> String {
-    let (method, code) = match i % 3 {
-        0 => ("INVITE", "200"),
-        1 => ("BYE", "200"),
-        _ => ("INVITE", "486"),
-    };
-    let json = format!(
-        r#"{{"method":"{method}","from_tag":"f{i}","to_tag":"t{i}","callid":"{tag}-call-{i}","sip_code":"{code}","sip_reason":"OK","time":{},"src_user":"alice","dst_user":"bob","pad":"{}"}}"#,
-        1_700_000_000 + i,
-        "x".repeat(200),
-    );
-    if i % 3 == 2 {
-        format!("Nov 22 10:00:00 {NODE} json_acc[812]: {json}")
-    } else {
-        json
-    }
+/// A nats-server, the stream as the operator creates it, and a temp dir holding the tailed
+/// file and the checkpoint.
+struct Setup {
+    nats: NatsServer,
+    js: jetstream::Context,
+    dir: tempfile::TempDir,
 }
 
-fn lines(tag: &str, range: std::ops::Range<usize>) -> Vec<String> {
-    range.map(|i| cdr_line(tag, i)).collect()
-}
-
-fn append(path: &Path, lines: &[String]) {
-    let mut file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    let mut text = String::new();
-    for line in lines {
-        text.push_str(line);
-        text.push('\n');
+impl Setup {
+    /// One node with the default test options.
+    async fn start() -> Self {
+        Self::start_with(NatsOptions::default()).await
     }
-    file.write_all(text.as_bytes()).unwrap();
+
+    async fn start_with(options: NatsOptions) -> Self {
+        let nats = NatsServer::start_with(options).unwrap();
+        let js = create_stream(&nats.urls(), false).await;
+        let dir = tempfile::tempdir().unwrap();
+        Self { nats, js, dir }
+    }
+
+    /// The tailed file.
+    fn file(&self) -> PathBuf {
+        self.dir.path().join("cdr.jsonl")
+    }
+
+    /// The bridge settings of these tests: quick polls, checkpoints and retries.
+    fn config(&self) -> BridgeConfig {
+        config(&self.nats.urls(), self.dir.path())
+    }
 }
 
 fn config(url: &str, dir: &Path) -> BridgeConfig {
@@ -161,28 +87,21 @@ fn config(url: &str, dir: &Path) -> BridgeConfig {
     config
 }
 
-/// The bridge running in this process; stops gracefully on drop of the sender.
+/// The bridge running in this process; stops gracefully on [`Running::stop`].
 struct Running {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), bridge::BridgeError>>,
 }
 
 impl Running {
     fn start(config: BridgeConfig) -> Self {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(bridge::run(config, async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            stop: Some(stop),
-            task,
-        }
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(bridge::run(config, shutdown.clone()));
+        Self { shutdown, task }
     }
 
     async fn stop(mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(20), &mut self.task)
             .await
             .expect("bridge stops in time")
@@ -193,19 +112,16 @@ impl Running {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_each_line_once_with_headers_and_call_events() {
-    let nats = NatsServer::start().unwrap();
-    let js = create_stream(&nats.url()).await;
-    let watcher = async_nats::connect(nats.url()).await.unwrap();
+    let s = Setup::start().await;
+    let (js, file) = (s.js.clone(), s.file());
+    let watcher = async_nats::connect(s.nats.url()).await.unwrap();
     let mut events = watcher.subscribe("call.events.>").await.unwrap();
     watcher.flush().await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&nats.url(), dir.path());
-    let file = config.file.clone();
-    let mut all = lines("basic", 0..30);
+    let mut all = series(NODE, "basic", 0..30);
     let traced = r#"{"method":"INVITE","callid":"traced-1","sip_code":"200","time":1700000000,"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}"#.to_owned();
     all.push(traced.clone());
     append(&file, &all[..10]);
-    let bridge = Running::start(config);
+    let bridge = Running::start(s.config());
     append(&file, &all[10..]);
     wait_for_count(&js, all.len() as u64, Duration::from_secs(30)).await;
 
@@ -256,7 +172,7 @@ async fn publishes_each_line_once_with_headers_and_call_events() {
 
     // The checkpoint is at the end of the file after a graceful stop.
     let checkpoint: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("state/checkpoint.json")).unwrap())
+        serde_json::from_slice(&std::fs::read(s.dir.path().join("state/checkpoint.json")).unwrap())
             .unwrap();
     assert_eq!(
         checkpoint["offset"].as_u64(),
@@ -266,15 +182,12 @@ async fn publishes_each_line_once_with_headers_and_call_events() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_for_the_newline_of_a_partial_line() {
-    let nats = NatsServer::start().unwrap();
-    let js = create_stream(&nats.url()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&nats.url(), dir.path());
-    let file = config.file.clone();
-    let line = cdr_line("partial", 0);
+    let s = Setup::start().await;
+    let (js, file) = (s.js.clone(), s.file());
+    let line = series_line(NODE, "partial", 0, 200);
     let (first, second) = line.split_at(line.len() / 2);
     std::fs::write(&file, first).unwrap();
-    let bridge = Running::start(config);
+    let bridge = Running::start(s.config());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(message_count(&js).await, 0, "half a line is not published");
     let mut f = std::fs::OpenOptions::new()
@@ -290,14 +203,11 @@ async fn waits_for_the_newline_of_a_partial_line() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn waits_for_a_file_that_does_not_exist_yet() {
-    let nats = NatsServer::start().unwrap();
-    let js = create_stream(&nats.url()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&nats.url(), dir.path());
-    let file = config.file.clone();
-    let bridge = Running::start(config);
+    let s = Setup::start().await;
+    let (js, file) = (s.js.clone(), s.file());
+    let bridge = Running::start(s.config());
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let all = lines("late", 0..20);
+    let all = series(NODE, "late", 0..20);
     append(&file, &all);
     wait_for_count(&js, 20, Duration::from_secs(20)).await;
     assert_exactly_once(&read_all(&js).await, &all);
@@ -306,15 +216,12 @@ async fn waits_for_a_file_that_does_not_exist_yet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_rename_rotation_and_copytruncate() {
-    let nats = NatsServer::start().unwrap();
-    let js = create_stream(&nats.url()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&nats.url(), dir.path());
-    let file = config.file.clone();
-    let bridge = Running::start(config);
+    let s = Setup::start().await;
+    let (js, file) = (s.js.clone(), s.file());
+    let bridge = Running::start(s.config());
 
     // Rename-and-create, with the writer still appending to the old file after the rename.
-    let mut expected = lines("rot", 0..100);
+    let mut expected = series(NODE, "rot", 0..100);
     append(&file, &expected);
     // The bridge must have the old file open before it is renamed away.
     wait_for_count(&js, 100, Duration::from_secs(30)).await;
@@ -322,27 +229,27 @@ async fn follows_rename_rotation_and_copytruncate() {
         .append(true)
         .open(&file)
         .unwrap();
-    std::fs::rename(&file, dir.path().join("cdr.jsonl.1")).unwrap();
-    let late = lines("rot", 100..120);
+    std::fs::rename(&file, s.dir.path().join("cdr.jsonl.1")).unwrap();
+    let late = series(NODE, "rot", 100..120);
     for line in &late {
         old.write_all(format!("{line}\n").as_bytes()).unwrap();
     }
     drop(old);
     expected.extend(late);
-    let fresh = lines("rot", 120..220);
+    let fresh = series(NODE, "rot", 120..220);
     append(&file, &fresh);
     expected.extend(fresh);
     wait_for_count(&js, 220, Duration::from_secs(30)).await;
 
     // Copytruncate: copy, truncate in place, keep writing from offset 0.
-    std::fs::copy(&file, dir.path().join("cdr.jsonl.2")).unwrap();
+    std::fs::copy(&file, s.dir.path().join("cdr.jsonl.2")).unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .truncate(true)
         .open(&file)
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = lines("rot", 220..320);
+    let after = series(NODE, "rot", 220..320);
     append(&file, &after);
     expected.extend(after);
     wait_for_count(&js, 320, Duration::from_secs(30)).await;
@@ -353,15 +260,12 @@ async fn follows_rename_rotation_and_copytruncate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loses_nothing_while_nats_restarts() {
-    let mut nats = NatsServer::start().unwrap();
-    let js = create_stream(&nats.url()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&nats.url(), dir.path());
-    let file = config.file.clone();
-    let bridge = Running::start(config);
-    let all = lines("restart", 0..3000);
+    let s = Setup::start().await;
+    let file = s.file();
+    let bridge = Running::start(s.config());
+    let all = series(NODE, "restart", 0..3000);
     append(&file, &all[..1000]);
-    wait_for_count(&js, 1, Duration::from_secs(20)).await;
+    wait_for_count(&s.js, 1, Duration::from_secs(20)).await;
     // Keep appending while the server goes away and comes back.
     let writer_file = file.clone();
     let rest = all[1000..].to_vec();
@@ -371,7 +275,8 @@ async fn loses_nothing_while_nats_restarts() {
             std::thread::sleep(Duration::from_millis(30));
         }
     });
-    nats = tokio::task::spawn_blocking(move || {
+    let mut nats = s.nats;
+    let nats = tokio::task::spawn_blocking(move || {
         nats.stop_node(0).unwrap();
         std::thread::sleep(Duration::from_secs(2));
         nats.restart_node(0).unwrap();
@@ -387,88 +292,71 @@ async fn loses_nothing_while_nats_restarts() {
     bridge.stop().await;
 }
 
-fn spawn_bridge_binary(url: &str, dir: &Path) -> std::process::Child {
-    std::process::Command::new(env!("CARGO_BIN_EXE_kam-cdr-bridge"))
-        .args(["--node-name", NODE, "--nats-url", url, "--in-flight", "64"])
-        .args([
-            "--poll-interval-ms",
-            "50",
-            "--checkpoint-interval-ms",
-            "100",
-        ])
-        .args(["--metrics-addr", "127.0.0.1:0", "--log-format", "text"])
-        .arg("--file")
-        .arg(dir.join("cdr.jsonl"))
-        .arg("--checkpoint")
-        .arg(dir.join("state/checkpoint.json"))
-        .env_remove("RUST_LOG")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.join("bridge.log")).unwrap())
-        .spawn()
-        .unwrap()
+impl Setup {
+    /// The bridge binary on [`file`](Self::file), logging to `<dir>/<log>`.
+    fn spawn_bridge_binary(&self, log: &str) -> Proc {
+        let dir = self.dir.path();
+        Proc::bridge(
+            &self.nats.urls(),
+            &self.file(),
+            &dir.join("state/checkpoint.json"),
+            &BINARY_ARGS,
+            dir.join(log),
+        )
+    }
 }
+
+/// Flags of the bridge binary in these tests.
+const BINARY_ARGS: [&str; 6] = [
+    "--in-flight",
+    "64",
+    "--poll-interval",
+    "50ms",
+    "--checkpoint-interval",
+    "100ms",
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_and_restart_resumes_from_the_checkpoint() {
-    let nats = NatsServer::start().unwrap();
-    let js = create_stream(&nats.url()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let all = lines("kill", 0..5000);
-    append(&dir.path().join("cdr.jsonl"), &all);
-    let mut child = spawn_bridge_binary(&nats.url(), dir.path());
+    let s = Setup::start().await;
+    let js = s.js.clone();
+    let all = series(NODE, "kill", 0..5000);
+    append(&s.file(), &all);
+    let mut child = s.spawn_bridge_binary("bridge-1.log");
     wait_for_count(&js, 800, Duration::from_secs(30)).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.kill_9();
     let at_kill = message_count(&js).await;
-    let checkpoint: PathBuf = dir.path().join("state/checkpoint.json");
+    let checkpoint: PathBuf = s.dir.path().join("state/checkpoint.json");
     assert!(
         checkpoint.exists(),
         "a checkpoint was written before the kill"
     );
     assert!(at_kill < 5000, "killed mid-stream ({at_kill} stored)");
 
-    let mut child = spawn_bridge_binary(&nats.url(), dir.path());
+    let mut child = s.spawn_bridge_binary("bridge-2.log");
     wait_for_count(&js, 5000, Duration::from_secs(40)).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    nix_term(&mut child);
+    // SIGTERM: the graceful path of the binary.
+    assert_eq!(
+        child.terminate(),
+        Some(0),
+        "bridge exits cleanly on SIGTERM"
+    );
     assert_exactly_once(&read_all(&js).await, &all);
-    let log = std::fs::read_to_string(dir.path().join("bridge.log")).unwrap();
+    let log = child.log_text();
     assert!(log.contains("tailing file"), "{log}");
-}
-
-/// SIGTERM, then wait: the graceful path of the binary.
-fn nix_term(child: &mut std::process::Child) {
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Ok(Some(status)) = child.try_wait() {
-            assert!(
-                status.success(),
-                "bridge exits cleanly on SIGTERM: {status}"
-            );
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    panic!("bridge did not stop on SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_malformed_and_oversized_lines() {
-    let nats = NatsServer::start_with(NatsOptions {
+    let s = Setup::start_with(NatsOptions {
         max_payload: Some(4096),
         ..NatsOptions::default()
     })
-    .unwrap();
-    let js = create_stream(&nats.url()).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(&nats.url(), dir.path());
-    let file = config.file.clone();
-    let valid_before = cdr_line("dlq", 0);
-    let valid_after = cdr_line("dlq", 1);
+    .await;
+    let (js, file) = (s.js.clone(), s.file());
+    let valid_before = series_line(NODE, "dlq", 0, 200);
+    let valid_after = series_line(NODE, "dlq", 1, 200);
     let not_json = "Nov 22 10:00:00 sip-01 kamailio[1]: this is not a CDR".to_owned();
     let no_callid = r#"{"method":"INVITE","sip_code":"200","time":1700000000}"#.to_owned();
     let bad_time =
@@ -486,7 +374,7 @@ async fn dead_letters_malformed_and_oversized_lines() {
         valid_after.clone(),
     ];
     append(&file, &all);
-    let bridge = Running::start(config);
+    let bridge = Running::start(s.config());
     wait_for_count(&js, 6, Duration::from_secs(20)).await;
     let stored = read_all(&js).await;
     assert_exactly_once(&stored, &[valid_before, valid_after]);
