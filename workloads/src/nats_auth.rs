@@ -110,9 +110,17 @@ impl ConnectError {
     }
 }
 
-/// Connects to `url` (comma-separated URLs) as `name`. The client keeps reconnecting by itself
+/// The servers of a comma-separated URL list (`nats://a:4222,nats://b:4222`).
+pub fn server_urls(urls: &str) -> Vec<&str> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .collect()
+}
+
+/// Connects to the comma-separated `urls` as `name`. The client keeps reconnecting by itself
 /// for ever, also when no server is up yet at start, and logs connection changes.
-pub async fn connect(url: &str, auth: &NatsAuth, name: String) -> Result<Client, ConnectError> {
+pub async fn connect(urls: &str, auth: &NatsAuth, name: String) -> Result<Client, ConnectError> {
     let options = auth
         .apply(ConnectOptions::new())
         .await?
@@ -127,7 +135,10 @@ pub async fn connect(url: &str, auth: &NatsAuth, name: String) -> Result<Client,
                 other => tracing::info!(event = %other, "NATS event"),
             }
         });
-    options.connect(url).await.map_err(ConnectError::Connect)
+    options
+        .connect(server_urls(urls))
+        .await
+        .map_err(ConnectError::Connect)
 }
 
 impl NatsAuth {
@@ -176,6 +187,15 @@ mod tests {
             printed.contains("cdr") && !printed.contains("s3cret"),
             "{printed}"
         );
+    }
+
+    #[test]
+    fn comma_separated_urls_are_several_servers() {
+        assert_eq!(
+            server_urls("nats://a:4222, nats://b:4222,,nats://c:4222"),
+            ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
+        );
+        assert_eq!(server_urls("nats://a:4222"), ["nats://a:4222"]);
     }
 
     #[test]

@@ -32,9 +32,20 @@ struct Args {
     /// Name of this SIP node (`cdr-source` header, part of every Nats-Msg-Id).
     #[arg(long, env = "NODE_NAME")]
     node_name: String,
-    /// Most publishes awaiting their ack at once.
-    #[arg(long, env = "BRIDGE_IN_FLIGHT", default_value_t = 1024)]
-    in_flight: usize,
+    /// Most lines awaiting their ack at once.
+    #[arg(long, env = "BRIDGE_IN_FLIGHT", default_value_t = 4096,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    in_flight: u32,
+    /// Most lines per atomic batch when the stream allows atomic publish (`allow_atomic`); 1
+    /// publishes every line on its own (one disk sync each with `sync_interval: always`).
+    #[arg(long, env = "BRIDGE_BATCH_MAX", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    batch_max: u32,
+    /// Most batches awaiting their ack at once (nats-server allows 50 open atomic batches per
+    /// stream by default, for all bridges together).
+    #[arg(long, env = "BRIDGE_BATCHES_IN_FLIGHT", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=50))]
+    batches_in_flight: u32,
     /// How often to look at the file again at its end (`200ms`, `1s`).
     #[arg(long, env = "BRIDGE_POLL_INTERVAL", default_value = "200ms", value_parser = cli::duration)]
     poll_interval: Duration,
@@ -72,7 +83,9 @@ impl Args {
             self.node_name,
         );
         config.auth = self.nats.auth()?;
-        config.in_flight = self.in_flight;
+        config.in_flight = usize::try_from(self.in_flight)?;
+        config.batch_max = usize::try_from(self.batch_max)?;
+        config.batches_in_flight = usize::try_from(self.batches_in_flight)?;
         config.poll_interval = self.poll_interval;
         config.checkpoint_interval = self.checkpoint_interval;
         config.rotate_grace = self.rotate_grace;

@@ -19,8 +19,13 @@ pub struct BridgeConfig {
     pub auth: NatsAuth,
     /// Name of this SIP node (`cdr-source` header, part of every msg id).
     pub node: String,
-    /// Most publishes awaiting their ack at once.
+    /// Most lines awaiting their ack at once.
     pub in_flight: usize,
+    /// Most lines per atomic batch (nats-server's limit is 1000); 1 publishes line by line.
+    pub batch_max: usize,
+    /// Most batches (chunks of lines) awaiting their ack at once. nats-server allows 50 open
+    /// atomic batches per stream by default, shared by every bridge publishing to it.
+    pub batches_in_flight: usize,
     /// How often to look at the file again after reaching its end.
     pub poll_interval: Duration,
     /// How often the checkpoint is written (when it moved).
@@ -52,7 +57,9 @@ impl BridgeConfig {
             nats_url,
             auth: NatsAuth::None,
             node,
-            in_flight: 1024,
+            in_flight: 4096,
+            batch_max: 1000,
+            batches_in_flight: 4,
             poll_interval: Duration::from_millis(200),
             checkpoint_interval: Duration::from_secs(1),
             rotate_grace: Duration::from_secs(1),

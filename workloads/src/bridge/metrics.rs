@@ -31,6 +31,12 @@ pub struct Metrics {
     pub call_events: Counter,
     /// Checkpoint writes that failed.
     pub checkpoint_errors: Counter,
+    /// Atomic batches committed.
+    pub batches: Counter,
+    /// Atomic batches refused or failed, by reason.
+    pub batches_refused: Family<ReasonLabels, Counter>,
+    /// 1 while lines are published in atomic batches, 0 while line by line.
+    pub atomic_batches: Gauge,
 }
 
 impl Metrics {
@@ -82,6 +88,24 @@ impl Metrics {
             "Checkpoint writes that failed",
             self.checkpoint_errors.clone(),
         );
+        registry.register("batches", "Atomic batches committed", self.batches.clone());
+        registry.register(
+            "batches_refused",
+            "Atomic batches refused or failed, by reason",
+            self.batches_refused.clone(),
+        );
+        registry.register(
+            "atomic_batches",
+            "1 while lines are published in atomic batches, 0 while line by line",
+            self.atomic_batches.clone(),
+        );
+    }
+
+    /// Counts one refused or failed batch of `reason`.
+    pub fn batch_refused(&self, reason: &'static str) {
+        self.batches_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 
     /// Counts one dead letter of `reason`.

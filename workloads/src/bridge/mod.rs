@@ -1,16 +1,19 @@
 //! kam-cdr-bridge: tails Kamailio's acc_json file and publishes every line to JetStream.
 //!
 //! The stages, one module each, top-down:
-//! 1. [`tail`]: read complete lines from the file, across rotations (a blocking thread);
+//! 1. [`tail`]: read complete lines from the file, across rotations (a blocking thread woken by
+//!    [`wake`]: inotify, the poll interval as a fallback);
 //! 2. [`classify`]: route each line to `cdr.raw` or, when malformed, to [`dead_letter`];
-//! 3. [`publish`]: publish with `Nats-Msg-Id`, at most `in_flight` awaiting acks at once, each
-//!    retried with backoff until acked; then announce its [`events`] call event;
-//! 4. [`window`]: track what is in flight in file order; [`checkpoint`]: persist the offset past
-//!    the longest acked prefix of lines.
+//! 3. [`publish`]: publish chunks of lines, each line its own message with its `Nats-Msg-Id`, as
+//!    one atomic [`batch`] when the stream allows it (one disk sync per batch), else line by line;
+//!    retried with back-off until acked; then announce their [`events`] call events;
+//! 4. [`window`]: track the chunks in flight in file order; [`checkpoint`]: persist the offset
+//!    past the longest acked prefix of lines.
 //!
 //! [`run`] wires them together with [`metrics`] and the `/metrics`, `/healthz`, `/readyz`
 //! endpoint.
 
+pub mod batch;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;
@@ -19,6 +22,7 @@ pub mod events;
 pub mod metrics;
 pub mod publish;
 pub mod tail;
+pub mod wake;
 pub mod window;
 
 use std::sync::Arc;
@@ -139,7 +143,15 @@ pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> Result<()
         client: &client,
         current_file,
         saved: resume,
-        window: Window::new(config.in_flight, config.in_flight),
+        window: Window::new(
+            // Chunks of one line when batches are off: then every line is a unit.
+            if config.batch_max > 1 {
+                config.batches_in_flight
+            } else {
+                config.in_flight
+            },
+            config.in_flight,
+        ),
     };
     let result = pipeline.run(publisher, rx, &shutdown).await;
     if let Err(error) = client.flush().await {
@@ -170,18 +182,23 @@ impl Pipeline<'_> {
     ) -> Result<(), BridgeError> {
         let mut in_flight = FuturesUnordered::new();
         let mut pending: std::collections::VecDeque<tail::Line> = Default::default();
+        let chunk_max = self.config.batch_max.max(1);
         let mut tick = tokio::time::interval(self.config.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut result = Ok(());
         loop {
-            while self.window.room() > 0 {
-                let Some(line) = pending.pop_front() else {
+            // What is read goes out at once, in chunks as large as the window lets in: one line
+            // at a time when the lines trickle in, full batches when they pile up meanwhile.
+            while !pending.is_empty() && self.window.room() > 0 {
+                let take = pending.len().min(self.window.room()).min(chunk_max);
+                let chunk: Vec<tail::Line> = pending.drain(..take).collect();
+                let Some(mark) = chunk.last().map(tail::Line::checkpoint) else {
                     break;
                 };
-                let ticket = self.window.open(line.checkpoint(), 1);
+                let ticket = self.window.open(mark, chunk.len());
                 let publisher = publisher.clone();
                 in_flight.push(async move {
-                    publisher.deliver(line).await;
+                    publisher.deliver_chunk(chunk).await;
                     ticket
                 });
             }
@@ -196,7 +213,8 @@ impl Pipeline<'_> {
                         self.window.ack(ticket);
                     }
                 }
-                batch = rx.recv(), if pending.is_empty() && self.window.room() > 0 => match batch {
+                // Keep reading while the window is full, up to one chunk ahead.
+                batch = rx.recv(), if pending.len() < chunk_max => match batch {
                     Some(batch) => pending.extend(batch),
                     None => {
                         result = Err(BridgeError::TailerStopped);

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{self, Checkpoint, FINGERPRINT_LEN, FileId};
+use super::wake::Wake;
 use crate::backoff::Backoff;
 
 /// Bytes read from the file at a time.
@@ -411,7 +412,9 @@ fn make_line(
 }
 
 /// Runs `tailer` on its own thread, sending batches of lines to `tx` until `stop` is cancelled
-/// or the receiver is dropped. Read errors are logged and retried with back-off.
+/// or the receiver is dropped. At the end of the file it waits for a change of the file
+/// ([`Wake`]: inotify, or at most `poll_interval`). Read errors are logged and retried with
+/// back-off.
 pub fn spawn(
     mut tailer: Tailer,
     tx: mpsc::Sender<Vec<Line>>,
@@ -423,6 +426,7 @@ pub fn spawn(
         .name("bridge-tail".into())
         .spawn(move || {
             let mut backoff = Backoff::new(poll_interval, Duration::from_secs(10));
+            let mut wake = Wake::new(&tailer.path, poll_interval);
             while !stop.is_cancelled() {
                 let mut batch = Vec::with_capacity(512);
                 match tailer.poll(&mut batch, 512) {
@@ -434,7 +438,7 @@ pub fn spawn(
                                 return;
                             }
                         } else if progress == Progress::Idle {
-                            std::thread::sleep(poll_interval);
+                            wake.wait();
                         }
                     }
                     Err(error) => {

@@ -3,14 +3,20 @@
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
 use nats_cdr_observability::CancellationToken;
+use nats_cdr_testsupport::ports::free_port;
 use nats_cdr_testsupport::{NatsOptions, NatsServer};
-use nats_cdr_workloads::bridge::{self, BridgeConfig};
+use nats_cdr_workloads::bridge::checkpoint::FileId;
+use nats_cdr_workloads::bridge::classify::{Outbound, classify};
+use nats_cdr_workloads::bridge::tail::{FileMark, Line};
+use nats_cdr_workloads::bridge::{self, BridgeConfig, batch};
 use nats_cdr_workloads::contract::headers::{
     CDR_SOURCE, CORRELATION_ID, DLQ_DETAIL, DLQ_REASON, NATS_MSG_ID, TRACEPARENT,
 };
@@ -19,9 +25,10 @@ use nats_cdr_workloads::contract::subjects::CDR_RAW;
 
 use crate::support::NODE;
 use crate::support::acc::{series, series_line};
-use crate::support::nats::{Stored, create_stream, message_count, read_all, wait_for_count};
+use crate::support::nats::{Stored, create_stream_with, message_count, read_all, wait_for_count};
 use crate::support::pipeline::append;
 use crate::support::proc::Proc;
+use crate::support::scrape;
 
 /// Asserts that the raw messages are exactly `lines`, each once, with the contract's headers.
 fn assert_exactly_once(stored: &[Stored], lines: &[String]) {
@@ -48,16 +55,25 @@ struct Setup {
 }
 
 impl Setup {
-    /// One node with the default test options.
+    /// One node with the default test options, the stream allowing atomic batches.
     async fn start() -> Self {
-        Self::start_with(NatsOptions::default()).await
+        Self::start_with(NatsOptions::default(), true).await
     }
 
-    async fn start_with(options: NatsOptions) -> Self {
+    async fn start_with(options: NatsOptions, allow_atomic: bool) -> Self {
+        let replicas = options.nodes.max(1);
         let nats = NatsServer::start_with(options).unwrap();
-        let js = create_stream(&nats.urls(), false).await;
+        let js = create_stream_with(&nats.urls(), allow_atomic, replicas).await;
         let dir = tempfile::tempdir().unwrap();
         Self { nats, js, dir }
+    }
+
+    /// [`config`](Self::config) serving /metrics on a free port, and that port.
+    fn config_with_metrics(&self) -> (BridgeConfig, u16) {
+        let port = free_port().unwrap();
+        let mut config = self.config();
+        config.metrics_addr = Some((Ipv4Addr::LOCALHOST, port).into());
+        (config, port)
     }
 
     /// The tailed file.
@@ -349,10 +365,13 @@ async fn kill_9_and_restart_resumes_from_the_checkpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_malformed_and_oversized_lines() {
-    let s = Setup::start_with(NatsOptions {
-        max_payload: Some(4096),
-        ..NatsOptions::default()
-    })
+    let s = Setup::start_with(
+        NatsOptions {
+            max_payload: Some(4096),
+            ..NatsOptions::default()
+        },
+        true,
+    )
     .await;
     let (js, file) = (s.js.clone(), s.file());
     let valid_before = series_line(NODE, "dlq", 0, 200);
@@ -420,5 +439,165 @@ async fn dead_letters_malformed_and_oversized_lines() {
         huge.as_bytes().starts_with(&letter.payload),
         "a prefix of the line"
     );
+    bridge.stop().await;
+}
+
+/// The message the bridge publishes for `line`.
+fn outbound(line: &str) -> Outbound {
+    let line = Line {
+        bytes: line.as_bytes().to_vec().into(),
+        file: Arc::new(FileMark {
+            id: FileId { dev: 0, ino: 0 },
+            fingerprint_len: 0,
+            fingerprint: String::new(),
+        }),
+        end_offset: 0,
+        original_len: None,
+    };
+    classify(NODE, &line)
+}
+
+/// Publishes `line` the way the bridge does, one message with its `Nats-Msg-Id`.
+async fn publish_line(js: &jetstream::Context, line: &str) {
+    let message = outbound(line);
+    let mut headers = async_nats::HeaderMap::new();
+    for (name, value) in &message.headers {
+        headers.insert(*name, value.as_str());
+    }
+    js.publish_with_headers(message.subject, headers, message.payload)
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_line_by_line_to_a_stream_without_atomic_publish() {
+    // Today's operator-made streams do not allow atomic publish: the bridge notices (10174),
+    // publishes line by line, and every line is stored once.
+    let s = Setup::start_with(NatsOptions::default(), false).await;
+    let all = series(NODE, "noatomic", 0..600);
+    append(&s.file(), &all);
+    let (config, port) = s.config_with_metrics();
+    let bridge = Running::start(config);
+    wait_for_count(&s.js, 600, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_exactly_once(&read_all(&s.js).await, &all);
+    assert_eq!(scrape(port, "kam_cdr_bridge_atomic_batches"), Some(0.0));
+    assert_eq!(scrape(port, "kam_cdr_bridge_batches_total"), Some(0.0));
+    assert!(
+        scrape(
+            port,
+            r#"kam_cdr_bridge_batches_refused_total{reason="disabled"}"#
+        ) >= Some(1.0),
+        "the refusal was seen"
+    );
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_refused_for_one_duplicate_line_loses_stalls_and_doubles_nothing() {
+    // nats-server refuses a whole atomic batch (10201) when one Nats-Msg-Id of it is already
+    // in the stream's duplicate window or twice in the batch, and does not say which line.
+    let s = Setup::start().await;
+    let all = series(NODE, "dup", 0..400);
+    // Line 250 is already stored (an earlier run of the bridge published it)...
+    publish_line(&s.js, &all[250]).await;
+    // ...and the logger wrote line 100 twice, close enough to share a batch.
+    let mut written = all.clone();
+    written.insert(105, all[100].clone());
+    append(&s.file(), &written);
+    let (config, port) = s.config_with_metrics();
+    let bridge = Running::start(config);
+    wait_for_count(&s.js, 400, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&read_all(&s.js).await, &all);
+    let refused = scrape(
+        port,
+        r#"kam_cdr_bridge_batches_refused_total{reason="duplicate"}"#,
+    );
+    assert!(
+        refused >= Some(2.0),
+        "both duplicates refused a batch: {refused:?}"
+    );
+    assert!(
+        scrape(port, "kam_cdr_bridge_batches_total") >= Some(1.0),
+        "the other lines still went in batches"
+    );
+    assert_eq!(
+        scrape(port, "kam_cdr_bridge_duplicates_total"),
+        Some(2.0),
+        "the two duplicates were acked as such, one by one"
+    );
+    bridge.stop().await;
+    // Not stalled: every line acked, the checkpoint is at the end of the file.
+    let checkpoint: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(s.dir.path().join("state/checkpoint.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        checkpoint["offset"].as_u64(),
+        Some(std::fs::metadata(s.file()).unwrap().len())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_staging_a_batch_and_committing_it_stores_each_line_once() {
+    let s = Setup::start().await;
+    let all = series(NODE, "crash", 0..300);
+    append(&s.file(), &all);
+    // A bridge staged the first 200 lines as an atomic batch and died before the commit: its
+    // connection closes, as on kill -9.
+    {
+        let client = async_nats::connect(s.nats.url()).await.unwrap();
+        let staged: Vec<Outbound> = all[..200].iter().map(|line| outbound(line)).collect();
+        batch::stage(&client, "crashed-bridge-batch-1", &staged)
+            .await
+            .unwrap();
+        client.flush().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        message_count(&s.js).await,
+        0,
+        "a staged batch is not stored"
+    );
+    // Not by a restart of the server either (an R1 stream stages batches on disk).
+    let mut nats = s.nats;
+    let nats = tokio::task::spawn_blocking(move || {
+        nats.restart_node(0).unwrap();
+        nats
+    })
+    .await
+    .unwrap();
+    let js = jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(message_count(&js).await, 0, "nor after a server restart");
+    // The next bridge has no checkpoint (nothing was acked) and reads everything again.
+    let bridge = Running::start(config(&nats.url(), s.dir.path()));
+    wait_for_count(&js, 300, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&read_all(&js).await, &all);
+    bridge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_each_line_once_to_an_r3_stream_of_a_three_node_cluster() {
+    let s = Setup::start_with(
+        NatsOptions {
+            nodes: 3,
+            ..NatsOptions::default()
+        },
+        true,
+    )
+    .await;
+    let all = series(NODE, "r3", 0..2000);
+    append(&s.file(), &all[..500]);
+    let (config, port) = s.config_with_metrics();
+    let bridge = Running::start(config);
+    append(&s.file(), &all[500..]);
+    wait_for_count(&s.js, 2000, Duration::from_secs(60)).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_exactly_once(&read_all(&s.js).await, &all);
+    assert!(scrape(port, "kam_cdr_bridge_batches_total") >= Some(1.0));
     bridge.stop().await;
 }

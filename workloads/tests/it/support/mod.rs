@@ -24,6 +24,24 @@ pub use nats_cdr_workloads::rng::Rng;
 /// The SIP node the bridge runs as in the tests (part of every msg id).
 pub const NODE: &str = "sip-01";
 
+/// `GET path` on 127.0.0.1:`port`: the status code and the body.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let response = nats_cdr_testsupport::nats::http_get(port, path)?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    Some((status, body))
+}
+
+/// The value of the first metric line starting with `name` (labels included, as in
+/// `kam_cdr_bridge_batches_refused_total{reason="duplicate"}`) on /metrics of `port`.
+pub fn scrape(port: u16, name: &str) -> Option<f64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    body.lines()
+        .find(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
 /// Polls `check` every 100 ms until it is true; panics after `timeout`.
 pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut check: F)
 where

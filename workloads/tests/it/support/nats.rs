@@ -17,20 +17,42 @@ use nats_cdr_workloads::worker::dead_letter::DLQ_ORIGINAL_MSG_ID;
 use super::acc::Line;
 
 /// Connects to `url` and creates the CDR stream the way the operator does: subjects `cdr.>`,
-/// file storage, 2 min duplicate window; `allow_atomic` lets publishers use atomic batches.
+/// file storage, 2 min duplicate window, one replica; `allow_atomic` lets publishers use atomic
+/// batches.
 pub async fn create_stream(url: &str, allow_atomic: bool) -> jetstream::Context {
-    let js = jetstream::new(async_nats::connect(url).await.unwrap());
-    js.create_stream(jetstream::stream::Config {
+    create_stream_with(url, allow_atomic, 1).await
+}
+
+/// [`create_stream`] with `replicas` replicas, retried while a new cluster elects its leaders.
+pub async fn create_stream_with(
+    urls: &str,
+    allow_atomic: bool,
+    replicas: usize,
+) -> jetstream::Context {
+    let urls: Vec<&str> = urls.split(',').collect();
+    let js = jetstream::new(async_nats::connect(urls).await.unwrap());
+    let config = jetstream::stream::Config {
         name: DEFAULT_STREAM_NAME.to_owned(),
         subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
         storage: jetstream::stream::StorageType::File,
         duplicate_window: Duration::from_secs(120),
         allow_atomic_publish: allow_atomic,
+        num_replicas: replicas,
         ..Default::default()
-    })
-    .await
-    .unwrap();
-    js
+    };
+    let start = Instant::now();
+    loop {
+        match js.create_stream(config.clone()).await {
+            Ok(_) => return js,
+            Err(error) => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "cannot create the stream: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    }
 }
 
 /// Messages in the stream (raw lines and dead letters).

@@ -16,7 +16,7 @@ use async_nats::jetstream;
 use nats_cdr_testsupport::{NatsOptions, NatsServer, Postgres};
 
 use super::db::{assert_same, count, lock_table, stored_cdrs};
-use super::nats::{backlog, create_stream, dead_letters, deliveries, message_count};
+use super::nats::{backlog, create_stream_with, dead_letters, deliveries, message_count};
 use super::proc::Proc;
 use super::wait_until;
 use super::workload::Workload;
@@ -60,17 +60,18 @@ pub const BRIDGE_ARGS: [&str; 6] = [
 
 impl Pipeline {
     /// Starts nats-server (`sync_interval: always`) and PostgreSQL and creates the stream as the
-    /// operator would. Starts neither bridge nor worker.
+    /// operator would, allowing atomic batches. Starts neither bridge nor worker.
     pub async fn start() -> Self {
-        Self::start_with(NatsOptions::default(), false).await
+        Self::start_with(NatsOptions::default(), true).await
     }
 
     /// [`start`](Self::start) with these server options, the stream allowing atomic batches or
     /// not.
     pub async fn start_with(options: NatsOptions, allow_atomic: bool) -> Self {
+        let options_nodes = options.nodes.max(1);
         let nats = NatsServer::start_with(options).unwrap();
         let pg = Postgres::start().unwrap();
-        let js = create_stream(&nats.urls(), allow_atomic).await;
+        let js = create_stream_with(&nats.urls(), allow_atomic, options_nodes).await;
         let dir = tempfile::Builder::new()
             .prefix("pipeline-")
             .tempdir()

@@ -14,7 +14,7 @@ use crate::support::acc::{expected, scenario};
 use crate::support::db::{assert_same, count_cdrs, lock_table, stored_cdrs as stored};
 use crate::support::nats::{backlog, create_stream, dead_letters, publish, replay, wait_drained};
 use crate::support::proc::Proc;
-use crate::support::{Rng, wait_until};
+use crate::support::{Rng, http_get, scrape, wait_until};
 
 /// A test's servers and stream, and a temp dir for the workers' logs.
 struct Setup {
@@ -50,23 +50,6 @@ impl Setup {
         args.extend_from_slice(extra);
         Proc::worker(&self.nats.url(), &self.pg.url(), &args, log)
     }
-}
-
-/// `GET path` on 127.0.0.1:`port`: the status code and the body.
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let response = nats_cdr_testsupport::nats::http_get(port, path)?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
-    Some((status, body))
-}
-
-/// The value of the metric line starting with `name` on /metrics of `port`.
-fn scrape(port: u16, name: &str) -> Option<f64> {
-    let (_, body) = http_get(port, "/metrics")?;
-    body.lines()
-        .find(|line| line.starts_with(name) && line[name.len()..].starts_with([' ', '{']))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 async fn wait_all_stored(url: &str, calls: usize, timeout: Duration) {
