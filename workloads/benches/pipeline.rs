@@ -2,9 +2,11 @@
 //! committed in PostgreSQL, at steady rates; and the peak RSS of the bridge and the worker.
 //!
 //! Every component is a real process (the pipeline test harness): nats-server with
-//! `sync_interval: always` (every ack on disk, what a managed cluster runs), PostgreSQL,
-//! `kam-cdr-bridge` and one `cdr-worker`, both with their shipped defaults (bridge poll interval
-//! 200 ms, worker batch 500 x concurrency 2).
+//! `sync_interval: always` (every ack on disk, what a managed cluster runs) and a stream allowing
+//! atomic batches, PostgreSQL, `kam-cdr-bridge` and one `cdr-worker`, both with their shipped
+//! defaults (bridge woken by inotify, 200 ms poll as the fallback, batches of up to 1000 lines;
+//! worker batch 500 x concurrency 2). The floor printed beside the figures is the latency of one
+//! write + `fdatasync` on the server's disk, measured in the same run.
 //!
 //! Method: a writer thread appends, every 10 ms, the lines due at the target rate (answered
 //! calls, INVITE + BYE), each carrying its append time as an extra field `bench_t` (Unix
@@ -23,6 +25,7 @@ mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use nats_cdr_testsupport::binaries;
 use serde_json::json;
 use support::db::count;
 use support::pipeline::{Pipeline, append};
@@ -79,7 +82,6 @@ struct Phase {
     appended: u64,
     append_secs: f64,
     drain_secs: Option<f64>,
-    committed: u64,
     latencies_ms: Vec<f64>,
 }
 
@@ -148,7 +150,6 @@ async fn run_phase(p: &Pipeline, tag: &str, rate: u64, secs: u64) -> Phase {
         appended,
         append_secs,
         drain_secs,
-        committed: latencies_ms.len() as u64,
         latencies_ms,
     }
 }
@@ -182,43 +183,93 @@ async fn main() {
     // Warm up: schema migrated, consumer bound, first batch through.
     run_phase(&p, "warmup", 200, 2).await;
 
-    println!(
-        "pipeline bench: file -> kam-cdr-bridge -> nats-server (sync_interval: always) -> cdr-worker -> PostgreSQL; \
-         bridge and worker defaults; extra bridge flags {bridge_args:?}; {secs} s per rate; latency = pg_xact_commit_timestamp - append time"
-    );
-    for rate in rates {
+    let floor = fsync_latencies_ms(p.nats.dir(), 500);
+    let version = std::process::Command::new(binaries::find("nats-server").unwrap())
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let load_before = load_average();
+    let mut rows = Vec::new();
+    for &rate in &rates {
         let phase = run_phase(&p, &format!("r{rate}"), rate, secs).await;
-        let l = &phase.latencies_ms;
         let bridge_rss = p.bridge.as_ref().and_then(|b| b.peak_rss_kib());
         let worker_rss = p.workers.last().and_then(|w| w.peak_rss_kib());
-        println!(
-            "target {:>6}/s: appended {} lines in {:.1} s ({:.0}/s); committed {}; backlog drained {} after the last append",
-            phase.rate,
-            phase.appended,
-            phase.append_secs,
-            phase.appended as f64 / phase.append_secs,
-            phase.committed,
-            phase
-                .drain_secs
-                .map_or("NOT (timeout 120 s)".to_owned(), |s| format!("{s:.2} s")),
-        );
+        rows.push((phase, bridge_rss, worker_rss));
+    }
+
+    println!(
+        "\npipeline: file -> kam-cdr-bridge -> {version} (R1 file stream, sync_interval: always, allow_atomic) \
+         -> cdr-worker -> PostgreSQL; bridge and worker defaults, extra bridge flags {bridge_args:?}; \
+         {secs} s per rate; latency = pg_xact_commit_timestamp - append time; load average {load_before} before, {} after",
+        load_average()
+    );
+    println!(
+        "floor: one 450-byte write + fdatasync on the server's disk: p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&floor, 50.0),
+        percentile(&floor, 99.0)
+    );
+    println!(
+        "| target lines/s | appended/s | end to end/s | published / committed when the writer stopped | \
+         p50 ms | p90 ms | p99 ms (goal) | max ms | backlog drained (goal 5 s) | bridge VmHWM (goal 32 MiB) | worker VmHWM (goal 64 MiB) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for (phase, bridge_rss, worker_rss) in rows {
+        let l = &phase.latencies_ms;
         let total_secs = phase.append_secs + phase.drain_secs.unwrap_or(f64::NAN);
+        let goal = if phase.rate <= 1000 { 50 } else { 250 };
+        let kib =
+            |v: Option<u64>| v.map_or("?".to_owned(), |v| format!("{:.1} MiB", v as f64 / 1024.0));
         println!(
-            "    when the writer stopped: {} published by the bridge, {} committed by the worker; \
-             end-to-end throughput {:.0}/s",
+            "| {} | {:.0} | {:.0} | {} / {} of {} | {:.1} | {:.1} | {:.1} ({goal}) | {:.1} | {} | {} | {} |",
+            phase.rate,
+            phase.appended as f64 / phase.append_secs,
+            phase.appended as f64 / total_secs,
             phase.published_at_end,
             phase.committed_at_end,
-            phase.appended as f64 / total_secs,
-        );
-        println!(
-            "    latency ms: p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1};  peak RSS (VmHWM so far): bridge {} KiB, worker {} KiB",
+            phase.appended,
             percentile(l, 50.0),
             percentile(l, 90.0),
             percentile(l, 99.0),
             l.last().copied().unwrap_or(f64::NAN),
-            bridge_rss.map_or("?".into(), |v| v.to_string()),
-            worker_rss.map_or("?".into(), |v| v.to_string()),
+            phase
+                .drain_secs
+                .map_or("NOT (timeout 120 s)".to_owned(), |s| format!("{s:.2} s")),
+            kib(bridge_rss),
+            kib(worker_rss),
         );
     }
     p.stop_all();
+}
+
+/// Latencies in ms of `n` appends of one 450-byte record, each followed by `fdatasync`, to a file
+/// in `dir`; sorted.
+fn fsync_latencies_ms(dir: &std::path::Path, n: usize) -> Vec<f64> {
+    use std::io::Write;
+    let path = dir.join("fsync-latency");
+    let mut file = std::fs::File::create(&path).unwrap();
+    let record = [b'x'; 450];
+    let mut out: Vec<f64> = (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            file.write_all(&record).unwrap();
+            file.sync_data().unwrap();
+            start.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }

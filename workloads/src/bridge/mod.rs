@@ -28,11 +28,10 @@ pub mod window;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use nats_cdr_observability::{ObservabilityError, Readiness, Telemetry};
 use prometheus_client::registry::Registry;
 use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use config::BridgeConfig;
@@ -65,6 +64,10 @@ pub enum BridgeError {
     /// The reading thread stopped on its own.
     #[error("the reading thread stopped")]
     TailerStopped,
+    /// A publishing task panicked or was cancelled: a bug. The lines it held are read again
+    /// after the restart.
+    #[error("a publishing task failed")]
+    Publisher(#[source] tokio::task::JoinError),
 }
 
 impl BridgeError {
@@ -76,6 +79,7 @@ impl BridgeError {
             Self::Telemetry(_) => "telemetry",
             Self::Spawn(_) => "spawn",
             Self::TailerStopped => "tailer_stopped",
+            Self::Publisher(_) => "publisher",
         }
     }
 }
@@ -180,7 +184,8 @@ impl Pipeline<'_> {
         mut rx: mpsc::Receiver<Vec<tail::Line>>,
         shutdown: &CancellationToken,
     ) -> Result<(), BridgeError> {
-        let mut in_flight = FuturesUnordered::new();
+        // Each chunk is its own task, so classifying and staging lines use every core.
+        let mut in_flight: JoinSet<window::Ticket> = JoinSet::new();
         let mut pending: std::collections::VecDeque<tail::Line> = Default::default();
         let chunk_max = self.config.batch_max.max(1);
         let mut tick = tokio::time::interval(self.config.checkpoint_interval);
@@ -197,7 +202,7 @@ impl Pipeline<'_> {
                 };
                 let ticket = self.window.open(mark, chunk.len());
                 let publisher = publisher.clone();
-                in_flight.push(async move {
+                in_flight.spawn(async move {
                     publisher.deliver_chunk(chunk).await;
                     ticket
                 });
@@ -206,11 +211,20 @@ impl Pipeline<'_> {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                Some(ticket) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.window.ack(ticket);
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(error) = self.acked(done) {
+                        result = Err(error);
+                        break;
+                    }
                     // Take every other ack that is already in, without a new select round.
-                    while let Some(Some(ticket)) = futures::FutureExt::now_or_never(in_flight.next()) {
-                        self.window.ack(ticket);
+                    while let Some(done) = in_flight.try_join_next() {
+                        if let Err(error) = self.acked(done) {
+                            result = Err(error);
+                            break;
+                        }
+                    }
+                    if result.is_err() {
+                        break;
                     }
                 }
                 // Keep reading while the window is full, up to one chunk ahead.
@@ -229,15 +243,15 @@ impl Pipeline<'_> {
         }
         drop(rx);
         let left = in_flight.len();
+        let shutdown_timeout = self.config.shutdown_timeout;
         let drain = async {
-            while let Some(ticket) = in_flight.next().await {
-                self.window.ack(ticket);
+            while let Some(done) = in_flight.join_next().await {
+                if self.acked(done).is_err() {
+                    break;
+                }
             }
         };
-        if tokio::time::timeout(self.config.shutdown_timeout, drain)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(shutdown_timeout, drain).await.is_err() {
             tracing::warn!(
                 left,
                 "shutdown timeout: some lines were not acked; they are read again on restart"
@@ -246,6 +260,16 @@ impl Pipeline<'_> {
         self.save().await;
         tracing::info!(offset = self.saved.as_ref().map(|c| c.offset), "stopped");
         result
+    }
+
+    /// Records the ack of a finished chunk.
+    fn acked(
+        &mut self,
+        done: Result<window::Ticket, tokio::task::JoinError>,
+    ) -> Result<(), BridgeError> {
+        let ticket = done.map_err(BridgeError::Publisher)?;
+        self.window.ack(ticket);
+        Ok(())
     }
 
     fn update_readiness(&self) {

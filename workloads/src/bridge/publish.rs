@@ -167,13 +167,15 @@ impl Publisher {
                 .map(|(_, m)| m.clone())
                 .collect();
             let id = self.next_batch_id();
+            let started = Instant::now();
             match batch::publish(&self.client, &id, &messages, self.ack_timeout).await {
                 Ok(_) => {
+                    self.metrics
+                        .batch_seconds
+                        .observe(started.elapsed().as_secs_f64());
                     backoff.reset();
                     self.metrics.batches.inc();
-                    for message in messages {
-                        self.stored(message, false).await;
-                    }
+                    self.stored(messages, false).await;
                 }
                 Err(error) => {
                     let refusal = error.refusal().cloned();
@@ -240,8 +242,18 @@ impl Publisher {
         }
     }
 
-    /// Counts `message` as stored and announces its call event.
-    async fn stored(&self, message: Outbound, duplicate: bool) {
+    /// Counts `messages` as stored and announces their call events.
+    async fn stored(&self, messages: Vec<Outbound>, duplicate: bool) {
+        let mut events = Vec::with_capacity(messages.len());
+        for message in messages {
+            self.count_stored(&message, duplicate);
+            events.extend(message.event);
+        }
+        self.announce(events).await;
+    }
+
+    /// Counts `message` as stored.
+    fn count_stored(&self, message: &Outbound, duplicate: bool) {
         match message.dead_letter {
             Some(reason) => {
                 tracing::info!(reason, subject = %message.subject, "line dead-lettered");
@@ -254,15 +266,14 @@ impl Publisher {
         if duplicate {
             self.metrics.duplicates.inc();
         }
-        self.announce(message).await;
     }
 
     /// Publishes `line` (to `cdr.raw`, or as a dead letter) until the stream acks it, then
     /// announces its call event. Returns the line, whose end offset may now be checkpointed.
-    #[tracing::instrument(name = "deliver", skip_all, fields(offset = line.end_offset))]
+    #[tracing::instrument(name = "deliver", level = "debug", skip_all, fields(offset = line.end_offset))]
     pub async fn deliver(&self, line: Line) -> Line {
         let mut message = classify(&self.node, &line);
-        let mut backoff = Backoff::new(self.backoff_initial, self.backoff_max);
+        let mut backoff: Option<Backoff> = None;
         loop {
             let max_payload = self.client.server_info().max_payload;
             if max_payload > 0 && message.wire_size() + 64 > max_payload {
@@ -277,7 +288,7 @@ impl Publisher {
             }
             match self.publish_once(&message).await {
                 Ok(ack) => {
-                    self.stored(message, ack.duplicate).await;
+                    self.stored(vec![message], ack.duplicate).await;
                     return line;
                 }
                 Err(error) if error.kind() == PublishErrorKind::MaxPayloadExceeded => {
@@ -290,6 +301,9 @@ impl Publisher {
                 }
                 Err(error) => {
                     self.metrics.publish_retries.inc();
+                    let backoff = backoff.get_or_insert_with(|| {
+                        Backoff::new(self.backoff_initial, self.backoff_max)
+                    });
                     let attempt = backoff.attempts();
                     let delay = backoff.next_delay();
                     if attempt.is_multiple_of(10) {
@@ -324,21 +338,29 @@ impl Publisher {
         ack.await
     }
 
-    /// Sends the call event of `message`, best effort.
-    async fn announce(&self, message: Outbound) {
-        let Some((subject, event)) = message.event else {
+    /// Sends `events` (subject, body) on core NATS, best effort: what is not on its way within
+    /// 500 ms (NATS unreachable, the client's buffer full) is not sent.
+    async fn announce(&self, events: Vec<(String, super::events::CallEvent)>) {
+        if events.is_empty() {
             return;
-        };
-        let Ok(body) = serde_json::to_vec(&event) else {
-            return;
-        };
-        let send = self.client.publish(subject, Bytes::from(body));
-        match tokio::time::timeout(Duration::from_millis(500), send).await {
-            Ok(Ok(())) => {
+        }
+        let send = async {
+            for (subject, event) in events {
+                let Ok(body) = serde_json::to_vec(&event) else {
+                    continue;
+                };
+                if let Err(error) = self.client.publish(subject, Bytes::from(body)).await {
+                    tracing::debug!(error = %error, "call event not sent");
+                    return;
+                }
                 self.metrics.call_events.inc();
             }
-            Ok(Err(error)) => tracing::debug!(error = %error, "call event not sent"),
-            Err(_) => tracing::debug!("call event not sent in time"),
+        };
+        if tokio::time::timeout(Duration::from_millis(500), send)
+            .await
+            .is_err()
+        {
+            tracing::debug!("call events not sent in time");
         }
     }
 }
