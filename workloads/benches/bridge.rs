@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use nats_cdr_testsupport::{NatsOptions, NatsServer, binaries};
 use support::acc::series_line;
+use support::load_average;
 use support::nats::{create_stream_with, message_count};
 use support::proc::Proc;
 
@@ -176,27 +177,12 @@ fn fsync_floor(dir: &Path, per_sync: usize, secs: f64) -> f64 {
     rate
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        })
-        .unwrap_or_default()
-}
-
 fn main() {
     let lines: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
         .unwrap_or(100_000);
-    let version = Command::new(binaries::find("nats-server").unwrap())
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let version = support::nats_server_version();
     let load_before = load_average();
     let rt = tokio::runtime::Runtime::new().unwrap();
 

@@ -25,9 +25,9 @@ mod support;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use nats_cdr_testsupport::binaries;
 use serde_json::json;
 use support::db::count;
+use support::load_average;
 use support::pipeline::{Pipeline, append};
 
 /// Worker flags equal to its shipped defaults (the harness would otherwise use test settings).
@@ -78,6 +78,8 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Phase {
     rate: u64,
     published_at_end: u64,
+    /// Append -> stored in the stream (the bridge's part), ms, sorted.
+    stored_ms: Vec<f64>,
     committed_at_end: u64,
     appended: u64,
     append_secs: f64,
@@ -119,6 +121,7 @@ async fn run_phase(p: &Pipeline, tag: &str, rate: u64, secs: u64) -> Phase {
     // Where the backlog sits when the writer stops: not yet published (bridge), or published
     // but not yet committed (worker).
     let published_at_end = p.stream_messages().await.saturating_sub(stream_before);
+    let stored_ms = stored_latencies_ms(p, stream_before, appended).await;
     let committed_at_end = count(&url, &count_sql).await.unwrap_or(0) as u64;
     let mut drain_secs = None;
     while done.elapsed() < Duration::from_secs(120) {
@@ -146,6 +149,7 @@ async fn run_phase(p: &Pipeline, tag: &str, rate: u64, secs: u64) -> Phase {
     Phase {
         rate,
         published_at_end,
+        stored_ms,
         committed_at_end,
         appended,
         append_secs,
@@ -184,11 +188,7 @@ async fn main() {
     run_phase(&p, "warmup", 200, 2).await;
 
     let floor = fsync_latencies_ms(p.nats.dir(), 500);
-    let version = std::process::Command::new(binaries::find("nats-server").unwrap())
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
+    let version = support::nats_server_version();
     let load_before = load_average();
     let mut rows = Vec::new();
     for &rate in &rates {
@@ -211,9 +211,9 @@ async fn main() {
     );
     println!(
         "| target lines/s | appended/s | end to end/s | published / committed when the writer stopped | \
-         p50 ms | p90 ms | p99 ms (goal) | max ms | backlog drained (goal 5 s) | bridge VmHWM (goal 32 MiB) | worker VmHWM (goal 64 MiB) |"
+         append -> stored p50 / p99 ms | p50 ms | p90 ms | p99 ms (goal) | max ms | backlog drained (goal 5 s) | bridge VmHWM (goal 32 MiB) | worker VmHWM (goal 64 MiB) |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (phase, bridge_rss, worker_rss) in rows {
         let l = &phase.latencies_ms;
         let total_secs = phase.append_secs + phase.drain_secs.unwrap_or(f64::NAN);
@@ -221,13 +221,15 @@ async fn main() {
         let kib =
             |v: Option<u64>| v.map_or("?".to_owned(), |v| format!("{:.1} MiB", v as f64 / 1024.0));
         println!(
-            "| {} | {:.0} | {:.0} | {} / {} of {} | {:.1} | {:.1} | {:.1} ({goal}) | {:.1} | {} | {} | {} |",
+            "| {} | {:.0} | {:.0} | {} / {} of {} | {:.1} / {:.1} | {:.1} | {:.1} | {:.1} ({goal}) | {:.1} | {} | {} | {} |",
             phase.rate,
             phase.appended as f64 / phase.append_secs,
             phase.appended as f64 / total_secs,
             phase.published_at_end,
             phase.committed_at_end,
             phase.appended,
+            percentile(&phase.stored_ms, 50.0),
+            percentile(&phase.stored_ms, 99.0),
             percentile(l, 50.0),
             percentile(l, 90.0),
             percentile(l, 99.0),
@@ -263,13 +265,51 @@ fn fsync_latencies_ms(dir: &std::path::Path, n: usize) -> Vec<f64> {
     out
 }
 
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|text| {
-            text.split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
+/// Append -> stored latencies (ms, sorted) of the `count` raw lines stored after stream sequence
+/// `after`: the server's receive time of each message minus the `bench_t` in its line.
+async fn stored_latencies_ms(p: &Pipeline, after: u64, count: u64) -> Vec<f64> {
+    use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+    use futures::StreamExt;
+    let stream = p.js.get_stream("AKIRA_CDR").await.unwrap();
+    let consumer = stream
+        .create_consumer(pull::Config {
+            filter_subject: "cdr.raw".to_owned(),
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: after + 1,
+            },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
         })
-        .unwrap_or_default()
+        .await
+        .unwrap();
+    let mut out = Vec::with_capacity(count as usize);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (out.len() as u64) < count && Instant::now() < deadline {
+        let mut batch = consumer
+            .batch()
+            .max_messages(1000)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        let mut got = 0;
+        while let Some(Ok(message)) = batch.next().await {
+            got += 1;
+            let Ok(info) = message.info() else { continue };
+            let stored_us = (info.published.unix_timestamp_nanos() / 1000) as i64;
+            let line: serde_json::Value = match serde_json::from_slice(&message.payload) {
+                Ok(line) => line,
+                Err(_) => continue,
+            };
+            if let Some(t) = line["bench_t"].as_i64() {
+                out.push((stored_us - t) as f64 / 1000.0);
+            }
+        }
+        if got == 0 {
+            break;
+        }
+    }
+    out.sort_by(f64::total_cmp);
+    out
 }

@@ -68,6 +68,18 @@ impl Setup {
         Self { nats, js, dir }
     }
 
+    /// Asserts the checkpoint is at the end of the file: every line acked.
+    fn assert_checkpoint_at_end(&self) {
+        let checkpoint: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.dir.path().join("state/checkpoint.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            checkpoint["offset"].as_u64(),
+            Some(std::fs::metadata(self.file()).unwrap().len())
+        );
+    }
+
     /// [`config`](Self::config) serving /metrics on a free port, and that port.
     fn config_with_metrics(&self) -> (BridgeConfig, u16) {
         let port = free_port().unwrap();
@@ -187,13 +199,7 @@ async fn publishes_each_line_once_with_headers_and_call_events() {
     bridge.stop().await;
 
     // The checkpoint is at the end of the file after a graceful stop.
-    let checkpoint: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(s.dir.path().join("state/checkpoint.json")).unwrap())
-            .unwrap();
-    assert_eq!(
-        checkpoint["offset"].as_u64(),
-        Some(std::fs::metadata(&file).unwrap().len())
-    );
+    s.assert_checkpoint_at_end();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -531,13 +537,7 @@ async fn a_batch_refused_for_one_duplicate_line_loses_stalls_and_doubles_nothing
     );
     bridge.stop().await;
     // Not stalled: every line acked, the checkpoint is at the end of the file.
-    let checkpoint: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(s.dir.path().join("state/checkpoint.json")).unwrap())
-            .unwrap();
-    assert_eq!(
-        checkpoint["offset"].as_u64(),
-        Some(std::fs::metadata(s.file()).unwrap().len())
-    );
+    s.assert_checkpoint_at_end();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,28 @@ pub use nats_cdr_workloads::rng::Rng;
 /// The SIP node the bridge runs as in the tests (part of every msg id).
 pub const NODE: &str = "sip-01";
 
+/// `nats-server --version` of the binary the tests and benches run.
+pub fn nats_server_version() -> String {
+    let binary = nats_cdr_testsupport::binaries::find("nats-server").unwrap();
+    std::process::Command::new(binary)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The 1, 5 and 15 minute load averages (benches print them: the machine is shared).
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
+}
+
 /// `GET path` on 127.0.0.1:`port`: the status code and the body.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let response = nats_cdr_testsupport::nats::http_get(port, path)?;
