@@ -4,14 +4,15 @@
 //! message size, count and msg ids, and the fsync floor of the disk the server writes to
 //! (450-byte records, one `fdatasync` each, and 1000 per `fdatasync`).
 //!
-//! Rows: an R1 stream with the server's default sync (flush every 2 min), R1 and an R3 stream of
-//! a 3-node loopback cluster with `sync_interval: always` (what a managed cluster runs), and R1
-//! `always` with `--batch-max 1` (what a stream without `allow_atomic` gets: line by line).
+//! Rows: an R1 stream with the server's default sync (flush every 2 min), in atomic batches and
+//! line by line (`--batch-max 1`, what a stream without `allow_atomic` gets); R1 and an R3 stream
+//! of a 3-node loopback cluster with `sync_interval: always` (what a managed cluster runs); and R1
+//! `always` line by line.
 //!
 //! `cargo bench -p nats-cdr-workloads --bench bridge -- [LINES]` (default 100000; the
 //! line-by-line row and the `nats bench async` ceilings under `always` use a tenth, at least
-//! 5000). `BRIDGE_BENCH_ROWS` picks rows (`r1-default,r1-always,r3-always,r1-line-by-line`, all by
-//! default); `BRIDGE_BENCH_ARGS` adds bridge flags to every row. Prints a table; asserts nothing.
+//! 5000). `BRIDGE_BENCH_ROWS` picks rows (`r1-default,r1-default-line-by-line,r1-always,r3-always,
+//! r1-line-by-line`, all by default); `BRIDGE_BENCH_ARGS` adds bridge flags to every row. Prints a table; asserts nothing.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 #[path = "../tests/it/support/mod.rs"]
@@ -197,6 +198,9 @@ fn main() {
     let mut rows = Vec::new();
     if wanted("r1-default") {
         rows.push(run(&rt, 1, false, lines, &[]));
+    }
+    if wanted("r1-default-line-by-line") {
+        rows.push(run(&rt, 1, false, lines, &["--batch-max", "1"]));
     }
     if wanted("r1-always") {
         rows.push(run(&rt, 1, true, lines, &[]));

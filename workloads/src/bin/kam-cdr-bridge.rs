@@ -43,7 +43,7 @@ struct Args {
     batch_max: u32,
     /// Most batches awaiting their ack at once (nats-server allows 50 open atomic batches per
     /// stream by default, for all bridges together).
-    #[arg(long, env = "BRIDGE_BATCHES_IN_FLIGHT", default_value_t = 4,
+    #[arg(long, env = "BRIDGE_BATCHES_IN_FLIGHT", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=50))]
     batches_in_flight: u32,
     /// How often to look at the file again at its end (`200ms`, `1s`).
