@@ -3,7 +3,14 @@
 //!   `RUST_LOG`-style directive;
 //! - [`serve`]: one HTTP listener with `/metrics` (Prometheus text format from a
 //!   `prometheus-client` registry), `/healthz` (the process is alive) and `/readyz` (the process
-//!   can do its job now: 503 with the reason while it cannot).
+//!   can do its job now: 503 with the reason while it cannot);
+//! - [`shutdown_signal`] and [`cancel_on_signal`]: graceful shutdown on SIGTERM/SIGINT through a
+//!   [`CancellationToken`].
+
+pub mod shutdown;
+
+pub use shutdown::{cancel_on_signal, shutdown_signal};
+pub use tokio_util::sync::CancellationToken;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,69 +1,73 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Bridge throughput, as a ratio of `nats bench js pub async` on the same server in the same run.
+//! Bridge throughput: acked lines/s of `kam-cdr-bridge` catching up on a file of ~450-byte
+//! acc_json lines, beside the ceilings measured on the same server in the same run:
+//! `nats bench js pub async` and `nats bench js pub atomic` (batches of 1000) with the same
+//! message size, count and msg ids, and the fsync floor of the disk the server writes to
+//! (450-byte records, one `fdatasync` each, and 1000 per `fdatasync`).
 //!
-//! `cargo bench -p nats-cdr-workloads --bench bridge -- [LINES]` (default 200000 lines of about
-//! 400 bytes). Prints a table; asserts nothing. Runs once with `sync_interval: always` (what a
-//! managed cluster runs) and once with the server default (flush every 2 min).
+//! Rows: an R1 stream with the server's default sync (flush every 2 min), in atomic batches and
+//! line by line (`--batch-max 1`, what a stream without `allow_atomic` gets); R1 and an R3 stream
+//! of a 3-node loopback cluster with `sync_interval: always` (what a managed cluster runs); and R1
+//! `always` line by line.
+//!
+//! `cargo bench -p nats-cdr-workloads --bench bridge -- [LINES]` (default 100000; the
+//! line-by-line row and the `nats bench async` ceilings under `always` use a tenth, at least
+//! 5000). `BRIDGE_BENCH_ROWS` picks rows (`r1-default,r1-default-line-by-line,r1-always,r3-always,
+//! r1-line-by-line`, all by default); `BRIDGE_BENCH_ARGS` adds bridge flags to every row. Prints a table; asserts nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "../tests/it/support/mod.rs"]
+mod support;
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use nats_cdr_testsupport::{NatsOptions, NatsServer, binaries};
-use nats_cdr_workloads::contract::subjects::{DEFAULT_STREAM_NAME, STREAM_SUBJECTS};
+use support::acc::series_line;
+use support::load_average;
+use support::nats::{create_stream_with, message_count};
+use support::proc::Proc;
 
-const LINE_BYTES: usize = 400;
+/// Size of every line, and of nats bench's messages.
+const LINE_BYTES: usize = 450;
 
+/// Line `i`, padded to [`LINE_BYTES`].
 fn line(i: usize) -> String {
-    let head = format!(
-        r#"{{"method":"INVITE","from_tag":"f{i}","to_tag":"t{i}","callid":"bench-{i}@10.0.0.1","sip_code":"200","sip_reason":"OK","time":{},"src_user":"alice","dst_user":"bob","pad":""#,
-        1_700_000_000 + i
-    );
-    let pad = LINE_BYTES.saturating_sub(head.len() + 2);
-    format!("{head}{}\"}}", "x".repeat(pad))
-}
-
-fn stream_messages(rt: &tokio::runtime::Runtime, js: &async_nats::jetstream::Context) -> u64 {
-    rt.block_on(async {
-        let mut stream = js.get_stream(DEFAULT_STREAM_NAME).await.unwrap();
-        stream.info().await.unwrap().state.messages
-    })
-}
-
-/// Peak RSS (VmHWM) of a process, in KiB.
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let bare = series_line(support::NODE, "bench", i, 0).len();
+    let line = series_line(support::NODE, "bench", i, LINE_BYTES.saturating_sub(bare));
+    debug_assert_eq!(line.len(), LINE_BYTES);
+    line
 }
 
 struct Row {
+    stream: &'static str,
     sync: &'static str,
+    bridge_flags: &'static str,
+    lines: usize,
     bridge_rate: f64,
-    bench_rate: f64,
+    bench_async: f64,
+    bench_atomic: f64,
     rss_kib: u64,
 }
 
-fn run(rt: &tokio::runtime::Runtime, lines: usize, sync_always: bool) -> Row {
+/// One scenario: a fresh server, the stream, the bridge over `lines` pre-written lines, then the
+/// nats bench ceilings on the same server.
+fn run(
+    rt: &tokio::runtime::Runtime,
+    nodes: usize,
+    sync_always: bool,
+    lines: usize,
+    bridge_flags: &'static [&'static str],
+) -> Row {
     let nats = NatsServer::start_with(NatsOptions {
+        nodes,
         sync_always,
         ..NatsOptions::default()
     })
     .unwrap();
-    let url = nats.url();
-    let js = rt.block_on(async {
-        let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: DEFAULT_STREAM_NAME.to_owned(),
-            subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
-            storage: async_nats::jetstream::stream::StorageType::File,
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        js
-    });
+    let urls = nats.urls();
+    let js = rt.block_on(create_stream_with(&urls, true, nodes));
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("cdr.jsonl");
     {
@@ -72,98 +76,176 @@ fn run(rt: &tokio::runtime::Runtime, lines: usize, sync_always: bool) -> Row {
             writeln!(out, "{}", line(i)).unwrap();
         }
     }
-
-    // The bridge, from a file of `lines` pre-written lines, until the stream holds them all.
+    let extra = std::env::var("BRIDGE_BENCH_ARGS").unwrap_or_default();
+    let mut args = vec!["--log-level", "warn"];
+    args.extend_from_slice(bridge_flags);
+    args.extend(extra.split_whitespace());
     let start = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kam-cdr-bridge"))
-        .args(["--node-name", "bench", "--nats-url", &url])
-        .args(["--metrics-addr", "127.0.0.1:0", "--log-level", "warn"])
-        .arg("--file")
-        .arg(&file)
-        .arg("--checkpoint")
-        .arg(dir.path().join("checkpoint.json"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut bridge = Proc::bridge(
+        &urls,
+        &file,
+        &dir.path().join("checkpoint.json"),
+        &args,
+        dir.path().join("bridge.log"),
+    );
     let mut rss = 0;
-    while stream_messages(rt, &js) < lines as u64 {
-        rss = rss.max(vm_hwm_kib(child.id()).unwrap_or(0));
+    while rt.block_on(message_count(&js)) < lines as u64 {
+        rss = rss.max(bridge.peak_rss_kib().unwrap_or(0));
         assert!(
-            start.elapsed() < Duration::from_secs(600),
+            start.elapsed() < Duration::from_secs(900),
             "bridge too slow"
         );
+        assert!(bridge.is_running(), "bridge exited: {}", bridge.log_text());
         std::thread::sleep(Duration::from_millis(20));
     }
     let bridge_secs = start.elapsed().as_secs_f64();
-    rss = rss.max(vm_hwm_kib(child.id()).unwrap_or(0));
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    rss = rss.max(bridge.peak_rss_kib().unwrap_or(0));
+    assert_eq!(bridge.terminate(), Some(0), "{}", bridge.log_text());
 
-    // nats bench: async JetStream publish, same size and count, message ids like the bridge.
-    let nats_cli = binaries::find("nats").unwrap();
-    let output = Command::new(nats_cli)
-        .args([
-            "bench",
-            "js",
-            "pub",
-            "async",
-            "benchsubject",
-            "--server",
-            &url,
-        ])
-        .args(["--create", "--storage", "file", "--dedup", "--no-progress"])
-        .arg(format!("--msgs={lines}"))
-        .arg(format!("--size={LINE_BYTES}"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned()
-        + &String::from_utf8_lossy(&output.stderr);
-    let bench_rate = text
-        .lines()
-        .find(|l| l.contains("msgs/sec"))
-        .and_then(|l| {
-            let words: Vec<&str> = l.split_whitespace().collect();
-            let at = words.iter().position(|w| *w == "msgs/sec")?;
-            words.get(at.checked_sub(1)?)?.replace(',', "").parse().ok()
-        })
-        .unwrap_or_else(|| panic!("cannot read nats bench output:\n{text}"));
+    // The ceilings, with fewer messages where each costs a disk sync.
+    let slow = if sync_always {
+        (lines / 10).max(5000)
+    } else {
+        lines
+    };
+    let bench_async = nats_bench(&nats.url(), "async", nodes, slow, &[]);
+    let bench_atomic = nats_bench(&nats.url(), "atomic", nodes, lines, &["--batch=1000"]);
     Row {
+        stream: if nodes > 1 { "R3 (3 nodes)" } else { "R1" },
         sync: if sync_always {
             "always"
         } else {
             "default (2m)"
         },
+        bridge_flags: if bridge_flags.is_empty() {
+            "defaults"
+        } else {
+            "--batch-max 1"
+        },
+        lines,
         bridge_rate: lines as f64 / bridge_secs,
-        bench_rate,
+        bench_async,
+        bench_atomic,
         rss_kib: rss,
     }
+}
+
+/// msgs/s of `nats bench js pub <mode>` on a fresh stream of `replicas`, messages of
+/// [`LINE_BYTES`] with msg ids.
+fn nats_bench(url: &str, mode: &str, replicas: usize, msgs: usize, extra: &[&str]) -> f64 {
+    let stream = format!("bench{mode}");
+    let subject = format!("bench.{mode}");
+    let output = Command::new(binaries::find("nats").unwrap())
+        .args(["bench", "js", "pub", mode, &subject, "--server", url])
+        .args(["--create", "--storage", "file", "--dedup", "--no-progress"])
+        .arg(format!("--stream={stream}"))
+        .arg(format!("--replicas={replicas}"))
+        .arg(format!("--msgs={msgs}"))
+        .arg(format!("--size={LINE_BYTES}"))
+        .args(extra)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    text.lines()
+        .find(|l| l.contains("stats:") && l.contains("msgs/sec"))
+        .and_then(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == "msgs/sec")?;
+            words.get(at.checked_sub(1)?)?.replace(',', "").parse().ok()
+        })
+        .unwrap_or_else(|| panic!("cannot read nats bench output:\n{text}"))
+}
+
+/// Records of [`LINE_BYTES`] per second appended to a file in `dir` with one `fdatasync` per
+/// `per_sync` records, for about `secs` seconds.
+fn fsync_floor(dir: &Path, per_sync: usize, secs: f64) -> f64 {
+    let path = dir.join(format!("fsync-floor-{per_sync}"));
+    let mut file = std::fs::File::create(&path).unwrap();
+    let record = vec![b'x'; LINE_BYTES];
+    let start = Instant::now();
+    let mut records = 0usize;
+    while start.elapsed().as_secs_f64() < secs {
+        for _ in 0..per_sync {
+            file.write_all(&record).unwrap();
+        }
+        file.sync_data().unwrap();
+        records += per_sync;
+    }
+    let rate = records as f64 / start.elapsed().as_secs_f64();
+    drop(file);
+    std::fs::remove_file(&path).unwrap();
+    rate
 }
 
 fn main() {
     let lines: usize = std::env::args()
         .skip(1)
         .find_map(|a| a.parse().ok())
-        .unwrap_or(200_000);
+        .unwrap_or(100_000);
+    let version = support::nats_server_version();
+    let load_before = load_average();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let rows: Vec<Row> = [true, false]
-        .into_iter()
-        .map(|sync| run(&rt, lines, sync))
-        .collect();
-    println!("\nkam-cdr-bridge throughput, {lines} lines of {LINE_BYTES} bytes, 1 nats-server");
+
+    // The disk nats-server writes to: its scratch directory.
+    let probe = NatsServer::start().unwrap();
+    let floor_one = fsync_floor(probe.dir(), 1, 2.0);
+    let floor_batch = fsync_floor(probe.dir(), 1000, 2.0);
+    drop(probe);
+
+    let wanted = std::env::var("BRIDGE_BENCH_ROWS").unwrap_or_default();
+    let wanted = |row: &str| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == row);
+    let mut rows = Vec::new();
+    if wanted("r1-default") {
+        rows.push(run(&rt, 1, false, lines, &[]));
+    }
+    if wanted("r1-default-line-by-line") {
+        rows.push(run(&rt, 1, false, lines, &["--batch-max", "1"]));
+    }
+    if wanted("r1-always") {
+        rows.push(run(&rt, 1, true, lines, &[]));
+    }
+    if wanted("r3-always") {
+        rows.push(run(&rt, 3, true, lines, &[]));
+    }
+    if wanted("r1-line-by-line") {
+        let few = (lines / 10).max(5000);
+        rows.push(run(&rt, 1, true, few, &["--batch-max", "1"]));
+    }
+    let extra = std::env::var("BRIDGE_BENCH_ARGS").unwrap_or_default();
+
     println!(
-        "| sync_interval | bridge lines/s (acked) | nats bench js pub async msgs/s | ratio | bridge VmHWM |"
+        "\nkam-cdr-bridge throughput: acked lines/s catching up on a file of {LINE_BYTES}-byte lines; \
+         {version}; extra bridge flags {extra:?}; 2 cores shared; load average {load_before} before, {} after",
+        load_average()
     );
-    println!("|---|---|---|---|---|");
+    println!(
+        "fsync floor of this disk ({LINE_BYTES}-byte records): {floor_one:.0}/s with one fdatasync each, \
+         {floor_batch:.0}/s with 1000 per fdatasync"
+    );
+    println!(
+        "| stream | sync_interval | bridge | lines | bridge lines/s | nats bench js pub async | ratio | \
+         nats bench js pub atomic (1000) | ratio to the best | fsync floor 1000/sync | bridge VmHWM |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for row in rows {
+        let best = row.bench_async.max(row.bench_atomic);
         println!(
-            "| {} | {:.0} | {:.0} | {:.2} | {} KiB |",
+            "| {} | {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.0} | {:.2} | {} | {} KiB |",
+            row.stream,
             row.sync,
+            row.bridge_flags,
+            row.lines,
             row.bridge_rate,
-            row.bench_rate,
-            row.bridge_rate / row.bench_rate,
+            row.bench_async,
+            row.bridge_rate / row.bench_async,
+            row.bench_atomic,
+            row.bridge_rate / best,
+            if row.sync == "always" {
+                format!("{floor_batch:.0} ({:.2})", row.bridge_rate / floor_batch)
+            } else {
+                "-".to_owned()
+            },
             row.rss_kib
         );
     }

@@ -1,16 +1,16 @@
 //! cdr-worker: pulls CDR lines from NATS JetStream and writes them into PostgreSQL.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use nats_cdr_observability::{LogFormat, Readiness, Telemetry, init_tracing, serve};
+use nats_cdr_observability::{CancellationToken, Readiness, Telemetry, cancel_on_signal, serve};
+use nats_cdr_workloads::cli::{self, NatsArgs, TelemetryArgs};
 use nats_cdr_workloads::contract::subjects::{CDR_RAW, DEFAULT_STREAM_NAME};
 use nats_cdr_workloads::worker::{
-    self, ConsumerMode, Metrics, NatsAuth, WorkerConfig, config::DEFAULT_DURABLE,
+    self, ConsumerMode, Metrics, WorkerConfig, config::DEFAULT_DURABLE,
 };
 use prometheus_client::registry::Registry;
 
@@ -18,18 +18,8 @@ use prometheus_client::registry::Registry;
 #[derive(Parser)]
 #[command(name = "cdr-worker", version)]
 struct Args {
-    /// NATS server URL(s), comma separated.
-    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    nats_url: String,
-    /// NATS credentials file (JWT + nkey).
-    #[arg(long, env = "NATS_CREDS")]
-    nats_creds: Option<PathBuf>,
-    /// NATS user (with NATS_PASSWORD).
-    #[arg(long, env = "NATS_USER")]
-    nats_user: Option<String>,
-    /// NATS password; from the environment only, never printed.
-    #[arg(long, env = "NATS_PASSWORD", hide_env_values = true, hide = true)]
-    nats_password: Option<String>,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// The stream holding cdr.raw.
     #[arg(long, env = "CDR_STREAM", default_value = DEFAULT_STREAM_NAME)]
     stream: String,
@@ -53,10 +43,9 @@ struct Args {
     #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     concurrency: u32,
-    /// Consumer ack wait, in milliseconds.
-    #[arg(long, env = "WORKER_ACK_WAIT_MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(200..))]
-    ack_wait_ms: u64,
+    /// Consumer ack wait (at least `200ms`).
+    #[arg(long, env = "WORKER_ACK_WAIT", default_value = "30s", value_parser = ack_wait)]
+    ack_wait: Duration,
     /// Deliveries of a message the worker processes, enforced by the worker itself (the consumer
     /// it creates has an unlimited server-side max_deliver, so a worker killed on a message's last
     /// delivery cannot strand it): a record the database still refuses on this delivery goes to
@@ -65,14 +54,12 @@ struct Args {
     #[arg(long, env = "WORKER_MAX_DELIVER", default_value_t = 5,
           value_parser = clap::value_parser!(i64).range(1..))]
     max_deliver: i64,
-    /// How long an idle pull waits for a message, in milliseconds.
-    #[arg(long, env = "WORKER_FETCH_EXPIRY_MS", default_value_t = 5_000,
-          value_parser = clap::value_parser!(u64).range(100..))]
-    fetch_expiry_ms: u64,
-    /// Longest back-off while NATS or PostgreSQL is down, in milliseconds.
-    #[arg(long, env = "WORKER_MAX_BACKOFF_MS", default_value_t = 30_000,
-          value_parser = clap::value_parser!(u64).range(100..))]
-    max_backoff_ms: u64,
+    /// How long an idle pull waits for a message (at least `100ms`).
+    #[arg(long, env = "WORKER_FETCH_EXPIRY", default_value = "5s", value_parser = at_least_100ms)]
+    fetch_expiry: Duration,
+    /// Longest back-off while NATS or PostgreSQL is down (at least `100ms`).
+    #[arg(long, env = "WORKER_MAX_BACKOFF", default_value = "30s", value_parser = at_least_100ms)]
+    max_backoff: Duration,
     /// PostgreSQL URL; prefer --database-url-file in clusters.
     #[arg(
         long,
@@ -84,15 +71,16 @@ struct Args {
     /// File holding the PostgreSQL URL (a mounted Secret); read and trimmed, never logged.
     #[arg(long, env = "DATABASE_URL_FILE")]
     database_url_file: Option<PathBuf>,
-    /// Where /metrics, /healthz and /readyz are served.
-    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
-    metrics_addr: SocketAddr,
-    /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
-    log_format: LogFormat,
-    /// Log filter (`info`, `debug`, `info,nats_cdr_workloads=debug`, ...).
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
-    log_level: String,
+    #[command(flatten)]
+    telemetry: TelemetryArgs,
+}
+
+fn ack_wait(text: &str) -> Result<Duration, cli::FlagError> {
+    cli::duration_at_least(text, Duration::from_millis(200))
+}
+
+fn at_least_100ms(text: &str) -> Result<Duration, cli::FlagError> {
+    cli::duration_at_least(text, Duration::from_millis(100))
 }
 
 impl Args {
@@ -108,14 +96,8 @@ impl Args {
             }
         };
         anyhow::ensure!(!database_url.is_empty(), "the database URL is empty");
-        let nats_auth = match (self.nats_creds, self.nats_user, self.nats_password) {
-            (Some(path), _, _) => NatsAuth::CredsFile(path),
-            (None, Some(user), Some(password)) => NatsAuth::UserPassword { user, password },
-            (None, Some(_), None) => anyhow::bail!("NATS_USER is set but NATS_PASSWORD is not"),
-            (None, None, _) => NatsAuth::None,
-        };
-        let mut config = WorkerConfig::new(self.nats_url, database_url);
-        config.nats_auth = nats_auth;
+        let mut config = WorkerConfig::new(self.nats.nats_url.clone(), database_url);
+        config.nats_auth = self.nats.auth()?;
         config.stream = self.stream;
         config.create_stream = self.create_stream;
         config.durable = self.durable;
@@ -127,10 +109,10 @@ impl Args {
         };
         config.batch_size = usize::try_from(self.batch_size)?;
         config.concurrency = usize::try_from(self.concurrency)?;
-        config.ack_wait = Duration::from_millis(self.ack_wait_ms);
+        config.ack_wait = self.ack_wait;
         config.max_deliver = self.max_deliver;
-        config.fetch_expiry = Duration::from_millis(self.fetch_expiry_ms);
-        config.max_backoff = Duration::from_millis(self.max_backoff_ms);
+        config.fetch_expiry = self.fetch_expiry;
+        config.max_backoff = self.max_backoff;
         Ok(config)
     }
 }
@@ -138,49 +120,29 @@ impl Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    init_tracing(args.log_format, &args.log_level).context("setting up logging")?;
-    let metrics_addr = args.metrics_addr;
+    args.telemetry
+        .init_tracing()
+        .context("setting up logging")?;
+    let metrics_addr = args.telemetry.metrics_addr;
     let config = args.into_config()?;
 
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
     let readiness = Arc::new(Readiness::new("starting"));
     let telemetry = Telemetry::new(registry, readiness.clone());
-    let (trigger, shutdown) = worker::shutdown_channel();
-    let (bound, server) = serve(metrics_addr, telemetry, shutdown.clone().wait_owned())
+    let shutdown = CancellationToken::new();
+    let (bound, server) = serve(metrics_addr, telemetry, shutdown.clone().cancelled_owned())
         .await
         .context("serving metrics")?;
     tracing::info!(%bound, "serving /metrics, /healthz and /readyz");
 
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested; finishing the batches in flight");
-        trigger.trigger();
-        // A second signal while draining: stop now (unacked messages are redelivered).
-        wait_for_signal().await;
-        tracing::warn!("second signal; exiting without waiting");
-        std::process::exit(130);
-    });
-
-    worker::run(config, metrics, readiness, shutdown)
-        .await
-        .context("cdr-worker failed")?;
-    server.abort();
-    Ok(())
-}
-
-/// Completes on SIGTERM or SIGINT.
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(error) => {
-            tracing::warn!(%error, "cannot watch SIGTERM; only SIGINT stops the worker");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let result = tokio::select! {
+        result = worker::run(config, metrics, readiness, shutdown.clone()) => {
+            result.context("cdr-worker failed")
         }
+        // A second signal while draining: stop now (unacked messages are redelivered).
+        () = cancel_on_signal(shutdown.clone()) => std::process::exit(130),
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
+    server.abort();
+    result
 }

@@ -3,13 +3,14 @@
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// Labels of the dead-letter counter: `reason`.
 pub type ReasonLabels = Vec<(&'static str, &'static str)>;
 
 /// Every metric; clones share the same values.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Metrics {
     /// Complete lines read from the file.
     pub lines_read: Counter,
@@ -31,6 +32,35 @@ pub struct Metrics {
     pub call_events: Counter,
     /// Checkpoint writes that failed.
     pub checkpoint_errors: Counter,
+    /// Atomic batches committed.
+    pub batches: Counter,
+    /// Atomic batches refused or failed, by reason.
+    pub batches_refused: Family<ReasonLabels, Counter>,
+    /// 1 while lines are published in atomic batches, 0 while line by line.
+    pub atomic_batches: Gauge,
+    /// Seconds from the first staged message of a batch to its commit's ack.
+    pub batch_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            lines_read: Counter::default(),
+            published: Counter::default(),
+            duplicates: Counter::default(),
+            dead_lettered: Family::default(),
+            dropped: Counter::default(),
+            in_flight: Gauge::default(),
+            checkpoint_lag_bytes: Gauge::default(),
+            publish_retries: Counter::default(),
+            call_events: Counter::default(),
+            checkpoint_errors: Counter::default(),
+            batches: Counter::default(),
+            batches_refused: Family::default(),
+            atomic_batches: Gauge::default(),
+            batch_seconds: Histogram::new(exponential_buckets(0.000_5, 2.0, 14)),
+        }
+    }
 }
 
 impl Metrics {
@@ -82,6 +112,29 @@ impl Metrics {
             "Checkpoint writes that failed",
             self.checkpoint_errors.clone(),
         );
+        registry.register("batches", "Atomic batches committed", self.batches.clone());
+        registry.register(
+            "batches_refused",
+            "Atomic batches refused or failed, by reason",
+            self.batches_refused.clone(),
+        );
+        registry.register(
+            "batch_seconds",
+            "Seconds from the first staged message of a batch to its commit's ack",
+            self.batch_seconds.clone(),
+        );
+        registry.register(
+            "atomic_batches",
+            "1 while lines are published in atomic batches, 0 while line by line",
+            self.atomic_batches.clone(),
+        );
+    }
+
+    /// Counts one refused or failed batch of `reason`.
+    pub fn batch_refused(&self, reason: &'static str) {
+        self.batches_refused
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
     }
 
     /// Counts one dead letter of `reason`.

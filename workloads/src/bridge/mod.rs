@@ -1,15 +1,19 @@
 //! kam-cdr-bridge: tails Kamailio's acc_json file and publishes every line to JetStream.
 //!
 //! The stages, one module each, top-down:
-//! 1. [`tail`]: read complete lines from the file, across rotations (a blocking thread);
+//! 1. [`tail`]: read complete lines from the file, across rotations (a blocking thread woken by
+//!    [`wake`]: inotify, the poll interval as a fallback);
 //! 2. [`classify`]: route each line to `cdr.raw` or, when malformed, to [`dead_letter`];
-//! 3. [`publish`]: publish with `Nats-Msg-Id`, at most `in_flight` awaiting acks at once, each
-//!    retried with backoff until acked; then announce its [`events`] call event;
-//! 4. [`checkpoint`]: persist the offset past the longest acked prefix of lines.
+//! 3. [`publish`]: publish chunks of lines, each line its own message with its `Nats-Msg-Id`, as
+//!    one atomic [`batch`] when the stream allows it (one disk sync per batch), else line by line;
+//!    retried with back-off until acked; then announce their [`events`] call events;
+//! 4. [`window`]: track the chunks in flight in file order; [`checkpoint`]: persist the offset
+//!    past the longest acked prefix of lines.
 //!
 //! [`run`] wires them together with [`metrics`] and the `/metrics`, `/healthz`, `/readyz`
 //! endpoint.
 
+pub mod batch;
 pub mod checkpoint;
 pub mod classify;
 pub mod config;
@@ -18,27 +22,29 @@ pub mod events;
 pub mod metrics;
 pub mod publish;
 pub mod tail;
+pub mod wake;
+pub mod window;
 
-use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesOrdered;
 use nats_cdr_observability::{ObservabilityError, Readiness, Telemetry};
 use prometheus_client::registry::Registry;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
-pub use config::{BridgeConfig, NatsAuth};
+pub use config::BridgeConfig;
 
 use checkpoint::{Checkpoint, CheckpointError};
 use metrics::Metrics;
-use publish::{PublishError, Publisher};
+use publish::Publisher;
 use tail::{CurrentFile, Tailer};
+use window::Window;
 
+use crate::backoff::{self, Backoff};
 use crate::contract::subjects::{DEFAULT_STREAM_NAME, STREAM_SUBJECTS};
+use crate::nats_auth::ConnectError;
 
 /// Why the bridge stopped.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +54,7 @@ pub enum BridgeError {
     Checkpoint(#[from] CheckpointError),
     /// NATS could not be set up.
     #[error(transparent)]
-    Publish(#[from] PublishError),
+    Connect(#[from] ConnectError),
     /// The metrics endpoint could not be served.
     #[error("cannot serve metrics")]
     Telemetry(#[source] ObservabilityError),
@@ -58,6 +64,10 @@ pub enum BridgeError {
     /// The reading thread stopped on its own.
     #[error("the reading thread stopped")]
     TailerStopped,
+    /// A publishing task panicked or was cancelled: a bug. The lines it held are read again
+    /// after the restart.
+    #[error("a publishing task failed")]
+    Publisher(#[source] tokio::task::JoinError),
 }
 
 impl BridgeError {
@@ -65,38 +75,28 @@ impl BridgeError {
     pub fn reason(&self) -> &'static str {
         match self {
             Self::Checkpoint(e) => e.reason(),
-            Self::Publish(e) => e.reason(),
+            Self::Connect(e) => e.reason(),
             Self::Telemetry(_) => "telemetry",
             Self::Spawn(_) => "spawn",
             Self::TailerStopped => "tailer_stopped",
+            Self::Publisher(_) => "publisher",
         }
     }
 }
 
-/// Runs the bridge until `shutdown` completes, then waits (up to the shutdown timeout) for the
+/// Runs the bridge until `shutdown` is cancelled, then waits (up to the shutdown timeout) for the
 /// acks of what is in flight and writes a last checkpoint.
-pub async fn run(
-    config: BridgeConfig,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), BridgeError> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-
+pub async fn run(config: BridgeConfig, shutdown: CancellationToken) -> Result<(), BridgeError> {
     let metrics = Metrics::default();
     let readiness = Arc::new(Readiness::new("connecting to NATS"));
     if let Some(addr) = config.metrics_addr {
         let mut registry = Registry::with_prefix("kam_cdr_bridge");
         metrics.register(&mut registry);
         let telemetry = Telemetry::new(registry, readiness.clone());
-        let mut stop = stop_rx.clone();
-        let (bound, _task) = nats_cdr_observability::serve(addr, telemetry, async move {
-            stopped(&mut stop).await;
-        })
-        .await
-        .map_err(BridgeError::Telemetry)?;
+        let (bound, _task) =
+            nats_cdr_observability::serve(addr, telemetry, shutdown.clone().cancelled_owned())
+                .await
+                .map_err(BridgeError::Telemetry)?;
         tracing::info!(addr = %bound, "serving /metrics, /healthz, /readyz");
     }
 
@@ -109,9 +109,14 @@ pub async fn run(
         in_flight = config.in_flight,
         "starting kam-cdr-bridge"
     );
-    let client = publish::connect(&config).await?;
+    let client = crate::nats_auth::connect(
+        &config.nats_url,
+        &config.auth,
+        format!("kam-cdr-bridge/{}", config.node),
+    )
+    .await?;
     if let Some(stream) = &config.create_stream {
-        create_stream(&client, stream, &config, stop_rx.clone()).await;
+        create_stream(&client, stream, &config, &shutdown).await;
     }
     let publisher = Arc::new(Publisher::new(client.clone(), &config, metrics.clone()));
 
@@ -123,13 +128,15 @@ pub async fn run(
     );
     let current_file = tailer.current_file();
     let (tx, rx) = mpsc::channel(4);
-    let tail_stop = Arc::new(AtomicBool::new(false));
+    // Stops the reading thread when this function returns, however it returns.
+    let tail_stop = CancellationToken::new();
+    let _stop_tail_on_return = tail_stop.clone().drop_guard();
     tail::spawn(
         tailer,
         tx,
         config.poll_interval,
         metrics.lines_read.clone(),
-        tail_stop.clone(),
+        tail_stop,
     )
     .map_err(BridgeError::Spawn)?;
 
@@ -140,19 +147,21 @@ pub async fn run(
         client: &client,
         current_file,
         saved: resume,
-        acked: None,
+        window: Window::new(
+            // Chunks of one line when batches are off: then every line is a unit.
+            if config.batch_max > 1 {
+                config.batches_in_flight
+            } else {
+                config.in_flight
+            },
+            config.in_flight,
+        ),
     };
-    let result = pipeline.run(publisher, rx, stop_rx).await;
-    tail_stop.store(true, Ordering::Relaxed);
+    let result = pipeline.run(publisher, rx, &shutdown).await;
     if let Err(error) = client.flush().await {
         tracing::debug!(error = %error, "flush on shutdown failed");
     }
     result
-}
-
-/// Completes once shutdown was asked for (or can no longer be told).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await.map(|_| ());
 }
 
 /// The publish window and the checkpoint of its acked prefix.
@@ -164,8 +173,8 @@ struct Pipeline<'a> {
     current_file: CurrentFile,
     /// The checkpoint last written (or loaded).
     saved: Option<Checkpoint>,
-    /// Past the longest acked prefix of lines.
-    acked: Option<Checkpoint>,
+    /// What is in flight, and the checkpoint past its acked prefix.
+    window: Window<Checkpoint>,
 }
 
 impl Pipeline<'_> {
@@ -173,34 +182,53 @@ impl Pipeline<'_> {
         &mut self,
         publisher: Arc<Publisher>,
         mut rx: mpsc::Receiver<Vec<tail::Line>>,
-        mut stop: watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<(), BridgeError> {
-        let window = self.config.in_flight.max(1);
-        let mut in_flight = FuturesOrdered::new();
-        let mut pending: VecDeque<tail::Line> = VecDeque::new();
+        // Each chunk is its own task, so classifying and staging lines use every core.
+        let mut in_flight: JoinSet<window::Ticket> = JoinSet::new();
+        let mut pending: std::collections::VecDeque<tail::Line> = Default::default();
+        let chunk_max = self.config.batch_max.max(1);
         let mut tick = tokio::time::interval(self.config.checkpoint_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut result = Ok(());
         loop {
-            while in_flight.len() < window {
-                let Some(line) = pending.pop_front() else {
+            // What is read goes out at once, in chunks as large as the window lets in: one line
+            // at a time when the lines trickle in, full batches when they pile up meanwhile.
+            while !pending.is_empty() && self.window.room() > 0 {
+                let take = pending.len().min(self.window.room()).min(chunk_max);
+                let chunk: Vec<tail::Line> = pending.drain(..take).collect();
+                let Some(mark) = chunk.last().map(tail::Line::checkpoint) else {
                     break;
                 };
+                let ticket = self.window.open(mark, chunk.len());
                 let publisher = publisher.clone();
-                in_flight.push_back(async move { publisher.deliver(line).await });
+                in_flight.spawn(async move {
+                    publisher.deliver_chunk(chunk).await;
+                    ticket
+                });
             }
-            self.metrics.in_flight.set(in_flight.len() as i64);
+            self.metrics.in_flight.set(self.window.lines() as i64);
             tokio::select! {
                 biased;
-                () = stopped(&mut stop) => break,
-                Some(line) = in_flight.next(), if !in_flight.is_empty() => {
-                    self.acked = Some(line.checkpoint());
+                () = shutdown.cancelled() => break,
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    if let Err(error) = self.acked(done) {
+                        result = Err(error);
+                        break;
+                    }
                     // Take every other ack that is already in, without a new select round.
-                    while let Some(Some(line)) = futures::FutureExt::now_or_never(in_flight.next()) {
-                        self.acked = Some(line.checkpoint());
+                    while let Some(done) = in_flight.try_join_next() {
+                        if let Err(error) = self.acked(done) {
+                            result = Err(error);
+                            break;
+                        }
+                    }
+                    if result.is_err() {
+                        break;
                     }
                 }
-                batch = rx.recv(), if pending.is_empty() && in_flight.len() < window => match batch {
+                // Keep reading while the window is full, up to one chunk ahead.
+                batch = rx.recv(), if pending.len() < chunk_max => match batch {
                     Some(batch) => pending.extend(batch),
                     None => {
                         result = Err(BridgeError::TailerStopped);
@@ -215,15 +243,15 @@ impl Pipeline<'_> {
         }
         drop(rx);
         let left = in_flight.len();
+        let shutdown_timeout = self.config.shutdown_timeout;
         let drain = async {
-            while let Some(line) = in_flight.next().await {
-                self.acked = Some(line.checkpoint());
+            while let Some(done) = in_flight.join_next().await {
+                if self.acked(done).is_err() {
+                    break;
+                }
             }
         };
-        if tokio::time::timeout(self.config.shutdown_timeout, drain)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(shutdown_timeout, drain).await.is_err() {
             tracing::warn!(
                 left,
                 "shutdown timeout: some lines were not acked; they are read again on restart"
@@ -232,6 +260,16 @@ impl Pipeline<'_> {
         self.save().await;
         tracing::info!(offset = self.saved.as_ref().map(|c| c.offset), "stopped");
         result
+    }
+
+    /// Records the ack of a finished chunk.
+    fn acked(
+        &mut self,
+        done: Result<window::Ticket, tokio::task::JoinError>,
+    ) -> Result<(), BridgeError> {
+        let ticket = done.map_err(BridgeError::Publisher)?;
+        self.window.ack(ticket);
+        Ok(())
     }
 
     fn update_readiness(&self) {
@@ -244,7 +282,7 @@ impl Pipeline<'_> {
 
     /// Writes the acked checkpoint when it moved, and updates the lag metric.
     async fn save(&mut self) {
-        if let Some(acked) = self.acked.clone()
+        if let Some(acked) = self.window.acked().cloned()
             && self.saved.as_ref() != Some(&acked)
         {
             let path = self.config.checkpoint.clone();
@@ -294,7 +332,7 @@ async fn create_stream(
     client: &async_nats::Client,
     name: &str,
     config: &BridgeConfig,
-    mut stop: watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) {
     let js = async_nats::jetstream::new(client.clone());
     let stream = async_nats::jetstream::stream::Config {
@@ -308,23 +346,16 @@ async fn create_stream(
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
     };
-    let mut attempt = 0;
-    loop {
-        match js.get_or_create_stream(stream.clone()).await {
-            Ok(_) => {
-                tracing::info!(stream = %stream.name, "stream ready");
-                return;
-            }
-            Err(error) => {
-                tracing::warn!(error = %error, "cannot create the stream yet; retrying");
-                let delay =
-                    publish::backoff_delay(config.backoff_initial, config.backoff_max, attempt);
-                attempt += 1;
-                tokio::select! {
-                    () = stopped(&mut stop) => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-            }
-        }
+    let created = backoff::retry(
+        shutdown,
+        Backoff::new(config.backoff_initial, config.backoff_max),
+        || js.get_or_create_stream(stream.clone()),
+        |error, delay| {
+            tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "cannot create the stream yet; retrying");
+        },
+    )
+    .await;
+    if created.is_some() {
+        tracing::info!(stream = %stream.name, "stream ready");
     }
 }

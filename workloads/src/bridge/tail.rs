@@ -17,15 +17,17 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::{self, Checkpoint, FINGERPRINT_LEN, FileId};
+use super::wake::Wake;
+use crate::backoff::Backoff;
 
 /// Bytes read from the file at a time.
 const CHUNK: usize = 64 * 1024;
@@ -409,37 +411,39 @@ fn make_line(
     })
 }
 
-/// Runs `tailer` on its own thread, sending batches of lines to `tx` until `stop` is set or
-/// the receiver is dropped. Read errors are logged and retried with a growing delay.
+/// Runs `tailer` on its own thread, sending batches of lines to `tx` until `stop` is cancelled
+/// or the receiver is dropped. At the end of the file it waits for a change of the file
+/// ([`Wake`]: inotify, or at most `poll_interval`). Read errors are logged and retried with
+/// back-off.
 pub fn spawn(
     mut tailer: Tailer,
     tx: mpsc::Sender<Vec<Line>>,
     poll_interval: Duration,
     lines_read: Counter,
-    stop: Arc<AtomicBool>,
+    stop: CancellationToken,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("bridge-tail".into())
         .spawn(move || {
-            let mut error_delay = poll_interval;
-            while !stop.load(Ordering::Relaxed) {
+            let mut backoff = Backoff::new(poll_interval, Duration::from_secs(10));
+            let mut wake = Wake::new(&tailer.path, poll_interval);
+            while !stop.is_cancelled() {
                 let mut batch = Vec::with_capacity(512);
                 match tailer.poll(&mut batch, 512) {
                     Ok(progress) => {
-                        error_delay = poll_interval;
+                        backoff.reset();
                         if !batch.is_empty() {
                             lines_read.inc_by(batch.len() as u64);
                             if tx.blocking_send(batch).is_err() {
                                 return;
                             }
                         } else if progress == Progress::Idle {
-                            std::thread::sleep(poll_interval);
+                            wake.wait();
                         }
                     }
                     Err(error) => {
                         tracing::warn!(error = %error, reason = error.reason(), "reading the file failed; retrying");
-                        std::thread::sleep(error_delay);
-                        error_delay = (error_delay * 2).min(Duration::from_secs(10));
+                        std::thread::sleep(backoff.next_delay());
                     }
                 }
             }

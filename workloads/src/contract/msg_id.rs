@@ -35,8 +35,14 @@ pub fn msg_id(source_node: &str, line: &[u8]) -> String {
         .chain_update([0u8])
         .chain_update(without_line_ending(line))
         .finalize();
-    let hex = hex::encode(digest);
-    format!("{MSG_ID_PREFIX}{}", &hex[..MSG_ID_HEX_LEN])
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(MSG_ID_PREFIX.len() + MSG_ID_HEX_LEN);
+    id.push_str(MSG_ID_PREFIX);
+    for byte in digest.iter().take(MSG_ID_HEX_LEN / 2) {
+        id.push(char::from(HEX[usize::from(byte >> 4)]));
+        id.push(char::from(HEX[usize::from(byte & 0x0f)]));
+    }
+    id
 }
 
 /// `line` without one trailing `"\r\n"` or `"\n"`.

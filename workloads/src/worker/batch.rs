@@ -14,13 +14,14 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, AckKind, Message};
 use tracing::{Instrument, debug, info, warn};
 
-use super::Shutdown;
-use super::backoff::Backoff;
+use tokio_util::sync::CancellationToken;
+
 use super::dead_letter::{self, DeadLetter};
 use super::decode::{Decoded, decode, header, record_id};
 use super::health::Health;
 use super::metrics::Metrics;
 use super::store::{RecordRow, Store, StoreError};
+use crate::backoff::{Backoff, sleep_unless_cancelled};
 use crate::contract::headers::CDR_SOURCE;
 
 /// Dead-letter reason of a record the database refused on its last delivery.
@@ -51,8 +52,8 @@ pub struct BatchContext {
     pub ack_wait: Duration,
     /// Longest back-off between retries.
     pub max_backoff: Duration,
-    /// Set when the worker must stop.
-    pub shutdown: Shutdown,
+    /// Cancelled when the worker must stop.
+    pub shutdown: CancellationToken,
 }
 
 /// A message with its decoded record.
@@ -219,7 +220,7 @@ async fn write_bisecting(ctx: &BatchContext, items: &[Item], report: &mut BatchR
                         }
                     }
                 }
-                if ctx.shutdown.sleep(delay).await {
+                if sleep_unless_cancelled(&ctx.shutdown, delay).await {
                     for range in pending.drain(..) {
                         for item in &items[range] {
                             nak(ctx, &item.message, None).await;

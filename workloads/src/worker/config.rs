@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::contract::subjects::{CDR_RAW, DEFAULT_STREAM_NAME};
 
-pub use crate::nats_auth::NatsAuth;
+use crate::nats_auth::NatsAuth;
 
 /// Whether the worker creates its consumer or waits for one made by someone else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -7,7 +7,8 @@
 //!   calls' `cdr` rows recomputed from all their records with the contract's merge rules);
 //! - [`batch`]: one batch end to end: poison to [`dead_letter`], the rest written (bisected when
 //!   the database refuses a record), acked only after the commit;
-//! - [`backoff`], [`health`], [`metrics`]: retry pacing, `/readyz`, `/metrics`.
+//! - [`health`], [`metrics`]: `/readyz`, `/metrics`; retries are paced by the crate's
+//!   [`backoff`](crate::backoff).
 //!
 //! The delivery limit (`max_deliver`) is the worker's own: the consumer it creates has an unlimited
 //! server-side `max_deliver`, because with a server-side limit a message whose worker dies during
@@ -20,7 +21,6 @@
 //! loop keeps its batch, backs off (exponential, capped, jittered) and is not ready; it fetches
 //! nothing new until its batch is done. On shutdown each loop finishes (or naks) its batch.
 
-pub mod backoff;
 pub mod batch;
 pub mod config;
 pub mod dead_letter;
@@ -37,17 +37,17 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::PullConsumer};
 use nats_cdr_observability::Readiness;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use batch::{BatchContext, BatchReport};
-pub use config::{ConsumerMode, NatsAuth, WorkerConfig};
+pub use config::{ConsumerMode, WorkerConfig};
 pub use health::Health;
 pub use metrics::Metrics;
 pub use nats::NatsError;
 pub use store::{RecordRow, Store, StoreError, WriteOutcome};
 
-use backoff::Backoff;
+use crate::backoff::{self, Backoff, sleep_unless_cancelled};
 use batch::error_chain;
 
 /// Why the worker could not run.
@@ -75,61 +75,13 @@ impl WorkerError {
     }
 }
 
-/// The receiving side of a shutdown signal; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-/// The sending side of a shutdown signal. Dropping it also signals shutdown.
-#[derive(Debug)]
-pub struct ShutdownTrigger(watch::Sender<bool>);
-
-/// A new shutdown signal.
-pub fn shutdown_channel() -> (ShutdownTrigger, Shutdown) {
-    let (tx, rx) = watch::channel(false);
-    (ShutdownTrigger(tx), Shutdown(rx))
-}
-
-impl ShutdownTrigger {
-    /// Asks everything holding a [`Shutdown`] to stop.
-    pub fn trigger(&self) {
-        self.0.send_replace(true);
-    }
-}
-
-impl Shutdown {
-    /// Whether shutdown was asked for.
-    pub fn is_triggered(&self) -> bool {
-        *self.0.borrow() || self.0.has_changed().is_err()
-    }
-
-    /// Completes when shutdown is asked for.
-    pub async fn wait(&self) {
-        let mut rx = self.0.clone();
-        // An error means the trigger is gone: that is a shutdown too.
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
-
-    /// An owned future completing at shutdown (for servers that take one).
-    pub async fn wait_owned(self) {
-        self.wait().await;
-    }
-
-    /// Sleeps `delay`; `true` when cut short by shutdown.
-    pub async fn sleep(&self, delay: Duration) -> bool {
-        tokio::select! {
-            () = tokio::time::sleep(delay) => self.is_triggered(),
-            () = self.wait() => true,
-        }
-    }
-}
-
-/// Runs the worker until `shutdown`: see the module doc. Returns an error only for settings
-/// that can never work (bad URL, unreadable credentials); everything else is retried.
+/// Runs the worker until `shutdown` is cancelled: see the module doc. Returns an error only for
+/// settings that can never work (bad URL, unreadable credentials); everything else is retried.
 pub async fn run(
     config: WorkerConfig,
     metrics: Metrics,
     readiness: Arc<Readiness>,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     if config.batch_size == 0 || config.concurrency == 0 {
         return Err(WorkerError::Config(
@@ -293,10 +245,10 @@ async fn fetch_loop(
     batch_ids: Arc<AtomicU64>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), config.max_backoff);
-    while !ctx.shutdown.is_triggered() {
+    while !ctx.shutdown.is_cancelled() {
         let fetched = tokio::select! {
             fetched = nats::fetch(&consumer, config.batch_size, config.fetch_expiry) => fetched,
-            () = ctx.shutdown.wait() => break,
+            () = ctx.shutdown.cancelled() => break,
         };
         match fetched {
             Ok(messages) => {
@@ -318,7 +270,7 @@ async fn fetch_loop(
                 let delay = backoff.next_delay();
                 warn!(loop_index = index, error = %error_chain(&error),
                       retry_in_ms = delay.as_millis() as u64, "pull failed");
-                if ctx.shutdown.sleep(delay).await {
+                if sleep_unless_cancelled(&ctx.shutdown, delay).await {
                     break;
                 }
             }
@@ -331,7 +283,7 @@ async fn refresh_pending(
     mut consumer: PullConsumer,
     metrics: Metrics,
     every: Duration,
-    shutdown: Shutdown,
+    shutdown: CancellationToken,
 ) {
     loop {
         match consumer.info().await {
@@ -348,7 +300,7 @@ async fn refresh_pending(
                 tracing::debug!(%error, "consumer info failed");
             }
         }
-        if shutdown.sleep(every).await {
+        if sleep_unless_cancelled(&shutdown, every).await {
             return;
         }
     }
@@ -356,35 +308,24 @@ async fn refresh_pending(
 
 /// Calls `attempt` until it succeeds, backing off between failures; `None` at shutdown.
 async fn retry<T, E, F, Fut>(
-    shutdown: &Shutdown,
+    shutdown: &CancellationToken,
     metrics: &Metrics,
     max_backoff: Duration,
     what: &str,
-    mut attempt: F,
+    attempt: F,
 ) -> Option<T>
 where
     E: std::error::Error + Reason,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, E>>,
 {
-    let mut backoff = Backoff::new(Duration::from_millis(200), max_backoff);
-    loop {
-        if shutdown.is_triggered() {
-            return None;
-        }
-        match attempt().await {
-            Ok(value) => return Some(value),
-            Err(error) => {
-                metrics.error(error.reason());
-                let delay = backoff.next_delay();
-                warn!(step = what, error = %error_chain(&error), reason = error.reason(),
-                      retry_in_ms = delay.as_millis() as u64, "start-up step failed; retrying");
-                if shutdown.sleep(delay).await {
-                    return None;
-                }
-            }
-        }
-    }
+    let policy = Backoff::new(Duration::from_millis(200), max_backoff);
+    backoff::retry(shutdown, policy, attempt, |error: &E, delay| {
+        metrics.error(error.reason());
+        warn!(step = what, error = %error_chain(error), reason = error.reason(),
+              retry_in_ms = delay.as_millis() as u64, "start-up step failed; retrying");
+    })
+    .await
 }
 
 /// Errors with a short category.

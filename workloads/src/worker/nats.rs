@@ -10,46 +10,66 @@ use futures::StreamExt;
 
 use super::config::{ConsumerMode, WorkerConfig};
 use crate::contract::subjects::STREAM_SUBJECTS;
+use crate::nats_auth::ConnectError;
 
 /// Failure to talk to NATS.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsError {
-    /// The connect options are unusable (an unreadable credentials file).
+    /// The connection cannot be set up (unreadable credentials, a malformed URL).
     #[error(transparent)]
-    Credentials(#[from] crate::nats_auth::CredentialsError),
-    /// Connecting failed.
-    #[error("cannot connect to NATS")]
-    Connect(#[source] async_nats::ConnectError),
-    /// The stream is missing or unreadable.
-    #[error("stream {stream} is unavailable: {message}")]
-    Stream {
+    Connect(#[from] ConnectError),
+    /// The stream cannot be created.
+    #[error("stream {stream} cannot be created")]
+    CreateStream {
         /// The stream.
         stream: String,
-        /// What went wrong.
-        message: String,
+        /// Why.
+        #[source]
+        source: jetstream::context::CreateStreamError,
     },
-    /// The consumer is missing or cannot be created.
-    #[error("consumer {consumer} is unavailable: {message}")]
-    Consumer {
+    /// The stream is missing or unreadable.
+    #[error("stream {stream} is unavailable")]
+    GetStream {
+        /// The stream.
+        stream: String,
+        /// Why.
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
+    /// The consumer cannot be created or updated.
+    #[error("consumer {consumer} cannot be created")]
+    CreateConsumer {
         /// The consumer.
         consumer: String,
-        /// What went wrong.
-        message: String,
+        /// Why.
+        #[source]
+        source: jetstream::stream::ConsumerError,
     },
-    /// A pull request failed.
-    #[error("pulling messages failed: {0}")]
-    Fetch(String),
+    /// The consumer is missing or unreadable.
+    #[error("consumer {consumer} is unavailable")]
+    GetConsumer {
+        /// The consumer.
+        consumer: String,
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// A pull request could not be made.
+    #[error("pulling messages failed")]
+    Fetch(#[source] jetstream::consumer::pull::BatchError),
+    /// A pull request ended in an error before any message.
+    #[error("pulling messages failed")]
+    Pull(#[source] async_nats::Error),
 }
 
 impl NatsError {
     /// Short category for logs and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Credentials(_) => "nats_credentials",
-            Self::Connect(_) => "nats_connect",
-            Self::Stream { .. } => "stream_unavailable",
-            Self::Consumer { .. } => "consumer_unavailable",
-            Self::Fetch(_) => "fetch",
+            Self::Connect(error) => error.reason(),
+            Self::CreateStream { .. } | Self::GetStream { .. } => "stream_unavailable",
+            Self::CreateConsumer { .. } | Self::GetConsumer { .. } => "consumer_unavailable",
+            Self::Fetch(_) | Self::Pull(_) => "fetch",
         }
     }
 }
@@ -57,17 +77,10 @@ impl NatsError {
 /// Connects to NATS. The client keeps reconnecting by itself for ever, also when the server is
 /// not up yet at start.
 pub async fn connect(config: &WorkerConfig) -> Result<async_nats::Client, NatsError> {
-    let options = async_nats::ConnectOptions::new()
-        .name("cdr-worker")
-        .retry_on_initial_connect()
-        .connection_timeout(Duration::from_secs(5));
-    config
-        .nats_auth
-        .apply(options)
-        .await?
-        .connect(config.nats_url.as_str())
-        .await
-        .map_err(NatsError::Connect)
+    Ok(
+        crate::nats_auth::connect(&config.nats_url, &config.nats_auth, "cdr-worker".to_owned())
+            .await?,
+    )
 }
 
 /// Looks the stream up, creating it first when `config.create_stream` says so.
@@ -75,7 +88,8 @@ pub async fn stream(
     js: &jetstream::Context,
     config: &WorkerConfig,
 ) -> Result<jetstream::stream::Stream, NatsError> {
-    let result = if config.create_stream {
+    let stream = config.stream.clone();
+    if config.create_stream {
         js.get_or_create_stream(StreamConfig {
             name: config.stream.clone(),
             subjects: STREAM_SUBJECTS.iter().map(|s| (*s).to_owned()).collect(),
@@ -84,16 +98,12 @@ pub async fn stream(
             ..StreamConfig::default()
         })
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|source| NatsError::CreateStream { stream, source })
     } else {
         js.get_stream(&config.stream)
             .await
-            .map_err(|e| e.to_string())
-    };
-    result.map_err(|message| NatsError::Stream {
-        stream: config.stream.clone(),
-        message,
-    })
+            .map_err(|source| NatsError::GetStream { stream, source })
+    }
 }
 
 /// The consumer's server-side `max_deliver` the worker asks for: unlimited.
@@ -125,20 +135,17 @@ pub async fn consumer(
     stream: &jetstream::stream::Stream,
     config: &WorkerConfig,
 ) -> Result<PullConsumer, NatsError> {
-    let result = match config.consumer_mode {
+    let consumer = config.durable.clone();
+    match config.consumer_mode {
         ConsumerMode::Ensure => stream
             .create_consumer(consumer_config(config))
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(|source| NatsError::CreateConsumer { consumer, source }),
         ConsumerMode::Expect => stream
             .get_consumer(&config.durable)
             .await
-            .map_err(|e| e.to_string()),
-    };
-    result.map_err(|message| NatsError::Consumer {
-        consumer: config.durable.clone(),
-        message,
-    })
+            .map_err(|source| NatsError::GetConsumer { consumer, source }),
+    }
 }
 
 /// Pulls up to `batch_size` messages. Takes what is available at once; when nothing is, waits
@@ -155,7 +162,7 @@ pub async fn fetch(
             .max_messages(batch_size)
             .messages()
             .await
-            .map_err(|e| NatsError::Fetch(e.to_string()))?,
+            .map_err(NatsError::Fetch)?,
     )
     .await?;
     if !immediate.is_empty() {
@@ -168,7 +175,7 @@ pub async fn fetch(
             .expires(expiry)
             .messages()
             .await
-            .map_err(|e| NatsError::Fetch(e.to_string()))?,
+            .map_err(NatsError::Fetch)?,
     )
     .await
 }
@@ -181,7 +188,7 @@ async fn collect(
     while let Some(item) = batch.next().await {
         match item {
             Ok(message) => messages.push(message),
-            Err(error) if messages.is_empty() => return Err(NatsError::Fetch(error.to_string())),
+            Err(error) if messages.is_empty() => return Err(NatsError::Pull(error)),
             Err(error) => {
                 tracing::debug!(%error, "pull ended early");
                 break;

@@ -1,36 +1,33 @@
 //! cdr-worker in process against real nats-server and PostgreSQL: the happy path, replays, and
 //! poison messages.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "worker_common.rs"]
-mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{
-    Line, assert_same, consumer_backlog, create_stream, expected, publish, publish_with, scenario,
-    stored, wait_until,
-};
-use nats_cdr_observability::Readiness;
+use nats_cdr_observability::{CancellationToken, Readiness};
 use nats_cdr_testsupport::{NatsServer, Postgres};
 use nats_cdr_workloads::contract::headers::{CDR_SOURCE, DLQ_DETAIL, DLQ_REASON};
 use nats_cdr_workloads::contract::subjects::DEFAULT_STREAM_NAME;
 use nats_cdr_workloads::worker::dead_letter::DLQ_ORIGINAL_MSG_ID;
-use nats_cdr_workloads::worker::{self, Metrics, ShutdownTrigger, WorkerConfig};
+use nats_cdr_workloads::worker::{self, Metrics, WorkerConfig};
 use tokio::task::JoinHandle;
+
+use crate::support::acc::{Line, expected, scenario};
+use crate::support::db::{assert_same, stored_cdrs as stored};
+use crate::support::nats::{create_stream, message_count, publish, publish_with, wait_drained};
+use crate::support::{Rng, wait_until};
 
 struct Running {
     metrics: Metrics,
     readiness: Arc<Readiness>,
-    trigger: ShutdownTrigger,
+    shutdown: CancellationToken,
     task: JoinHandle<Result<(), worker::WorkerError>>,
 }
 
 impl Running {
     async fn stop(self) {
-        self.trigger.trigger();
+        self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(20), self.task)
             .await
             .expect("worker stops")
@@ -52,17 +49,17 @@ fn config(nats: &NatsServer, database_url: &str) -> WorkerConfig {
 fn start(config: WorkerConfig) -> Running {
     let metrics = Metrics::default();
     let readiness = Arc::new(Readiness::new("starting"));
-    let (trigger, shutdown) = worker::shutdown_channel();
+    let shutdown = CancellationToken::new();
     let task = tokio::spawn(worker::run(
         config,
         metrics.clone(),
         readiness.clone(),
-        shutdown,
+        shutdown.clone(),
     ));
     Running {
         metrics,
         readiness,
-        trigger,
+        shutdown,
         task,
     }
 }
@@ -70,9 +67,7 @@ fn start(config: WorkerConfig) -> Running {
 async fn setup() -> (NatsServer, Postgres, jetstream::Context) {
     let nats = NatsServer::start().unwrap();
     let pg = Postgres::start().unwrap();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client);
-    create_stream(&js).await;
+    let js = create_stream(&nats.url(), false).await;
     (nats, pg, js)
 }
 
@@ -81,13 +76,6 @@ async fn wait_committed(running: &Running, count: u64) {
     wait_until(Duration::from_secs(40), "messages committed", move || {
         let committed = metrics.committed.get();
         async move { committed >= count }
-    })
-    .await;
-}
-
-async fn wait_drained(js: &jetstream::Context) {
-    wait_until(Duration::from_secs(20), "consumer drained", || async {
-        consumer_backlog(js).await == (0, 0)
     })
     .await;
 }
@@ -102,7 +90,7 @@ async fn happy_path_every_cdr_is_the_contract_merge() {
     publish(&js, after).await;
     wait_committed(&running, lines.len() as u64).await;
     assert_same(&stored(&pg.url()).await, &expected(&lines));
-    wait_drained(&js).await;
+    wait_drained(&js, Duration::from_secs(20)).await;
     assert_eq!(running.metrics.duplicates.get(), 0);
     assert_eq!(running.metrics.records_inserted.get(), lines.len() as u64);
     assert!(running.readiness.not_ready_reason().is_none());
@@ -136,25 +124,9 @@ async fn replays_in_any_order_leave_the_table_unchanged_and_are_counted() {
     let snapshot = pg.psql("postgres", snapshot_sql).unwrap();
 
     // The same lines again with their ids: the stream's duplicate window drops them.
-    let stream_before = js
-        .get_stream(DEFAULT_STREAM_NAME)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let stream_before = message_count(&js).await;
     publish(&js, &lines).await;
-    let stream_after = js
-        .get_stream(DEFAULT_STREAM_NAME)
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let stream_after = message_count(&js).await;
     assert_eq!(
         stream_before, stream_after,
         "re-publishes inside the window are dropped"
@@ -163,7 +135,7 @@ async fn replays_in_any_order_leave_the_table_unchanged_and_are_counted() {
     // Raw replays (new stream sequences, no Nats-Msg-Id), shuffled, some twice: the worker
     // derives the same ids and absorbs them.
     let mut replay: Vec<Line> = lines.iter().chain(lines.iter().take(40)).cloned().collect();
-    common::Rng::new(99).shuffle(&mut replay);
+    Rng::new(99).shuffle(&mut replay);
     publish_with(&js, &replay, false).await;
     wait_committed(&running, (lines.len() + replay.len()) as u64).await;
     assert_eq!(running.metrics.duplicates.get(), replay.len() as u64);
@@ -174,7 +146,7 @@ async fn replays_in_any_order_leave_the_table_unchanged_and_are_counted() {
         snapshot,
         "rows not even rewritten"
     );
-    wait_drained(&js).await;
+    wait_drained(&js, Duration::from_secs(20)).await;
     running.stop().await;
 }
 
@@ -244,6 +216,6 @@ async fn poison_is_dead_lettered_and_never_blocks_its_batch() {
         .unwrap(),
         "0"
     );
-    wait_drained(&js).await;
+    wait_drained(&js, Duration::from_secs(20)).await;
     running.stop().await;
 }

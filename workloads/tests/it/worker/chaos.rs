@@ -1,28 +1,55 @@
 //! The cdr-worker binary under failures: kill -9 mid-batch, PostgreSQL down, two workers with
 //! redeliveries, workers killed on a message's last delivery. Each ends with every call stored
 //! exactly once with the contract's merge.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "worker_common.rs"]
-mod common;
-
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use async_nats::jetstream;
-use common::{
-    Rng, assert_same, consumer_backlog, count_cdrs, create_stream, dead_letters, expected,
-    free_port, http_get, publish, replay, scenario, scrape, spawn_worker, stored, terminate,
-    wait_until,
-};
+use nats_cdr_testsupport::ports::free_port;
 use nats_cdr_testsupport::{NatsServer, Postgres};
+use nats_cdr_workloads::contract::merge::MergedCdr;
 
-async fn setup() -> (NatsServer, Postgres, jetstream::Context) {
+use crate::support::acc::{expected, scenario};
+use crate::support::db::{assert_same, count_cdrs, lock_table, stored_cdrs as stored};
+use crate::support::nats::{backlog, create_stream, dead_letters, publish, replay, wait_drained};
+use crate::support::proc::Proc;
+use crate::support::{Rng, http_get, scrape, wait_until};
+
+/// A test's servers and stream, and a temp dir for the workers' logs.
+struct Setup {
+    nats: NatsServer,
+    pg: Postgres,
+    js: jetstream::Context,
+    logs: tempfile::TempDir,
+    spawned: usize,
+}
+
+async fn setup() -> Setup {
     let nats = NatsServer::start().unwrap();
     let pg = Postgres::start().unwrap();
-    let client = async_nats::connect(nats.url()).await.unwrap();
-    let js = jetstream::new(client);
-    create_stream(&js).await;
-    (nats, pg, js)
+    let js = create_stream(&nats.url(), false).await;
+    Setup {
+        nats,
+        pg,
+        js,
+        logs: tempfile::tempdir().unwrap(),
+        spawned: 0,
+    }
+}
+
+impl Setup {
+    /// Starts the cdr-worker binary with quick fetches and back-off, and `extra`.
+    fn spawn_worker(&mut self, extra: &[&str]) -> Proc {
+        self.spawned += 1;
+        let log = self
+            .logs
+            .path()
+            .join(format!("worker-{}.log", self.spawned));
+        let mut args = vec!["--fetch-expiry", "500ms", "--max-backoff", "2s"];
+        args.extend_from_slice(extra);
+        Proc::worker(&self.nats.url(), &self.pg.url(), &args, log)
+    }
 }
 
 async fn wait_all_stored(url: &str, calls: usize, timeout: Duration) {
@@ -32,16 +59,27 @@ async fn wait_all_stored(url: &str, calls: usize, timeout: Duration) {
     .await;
 }
 
-async fn wait_drained(js: &jetstream::Context) {
-    wait_until(Duration::from_secs(30), "consumer drained", || async {
-        consumer_backlog(js).await == (0, 0)
-    })
-    .await;
+impl Setup {
+    /// Waits until every call of `want` is stored and the consumer is drained, then asserts
+    /// the stored CDRs are exactly `want`.
+    async fn assert_settled(&self, want: &BTreeMap<String, MergedCdr>, timeout: Duration) {
+        wait_all_stored(&self.pg.url(), want.len(), timeout).await;
+        wait_drained(&self.js, Duration::from_secs(30)).await;
+        assert_same(&stored(&self.pg.url()).await, want);
+    }
+
+    /// Rows of `cdr_record`, as psql prints the count.
+    fn records(&self) -> String {
+        self.pg
+            .psql("postgres", "SELECT count(*) FROM cdr_record")
+            .unwrap()
+    }
 }
 
 #[tokio::test]
 async fn kill_9_mid_batch_repeatedly_loses_and_doubles_nothing() {
-    let (nats, pg, js) = setup().await;
+    let mut s = setup().await;
+    let js = s.js.clone();
     let lines = scenario("kill", 2000);
     let want = expected(&lines);
     let publisher = {
@@ -58,59 +96,54 @@ async fn kill_9_mid_batch_repeatedly_loses_and_doubles_nothing() {
     let args = [
         "--batch-size",
         "50",
-        "--ack-wait-ms",
-        "2000",
+        "--ack-wait",
+        "2s",
         "--max-deliver",
         "20",
     ];
     let mut rng = Rng::new(4242);
     for _ in 0..5 {
-        let mut worker = spawn_worker(&nats.url(), &pg.url(), &args);
+        let mut worker = s.spawn_worker(&args);
         tokio::time::sleep(Duration::from_millis(700 + rng.below(800) as u64)).await;
-        worker.kill().unwrap(); // SIGKILL
-        worker.wait().unwrap();
+        worker.kill_9();
     }
     publisher.await.unwrap();
-    let mut worker = spawn_worker(&nats.url(), &pg.url(), &args);
-    wait_all_stored(&pg.url(), want.len(), Duration::from_secs(60)).await;
-    wait_drained(&js).await;
-    assert_same(&stored(&pg.url()).await, &want);
-    let records = pg
-        .psql("postgres", "SELECT count(*) FROM cdr_record")
-        .unwrap();
-    assert_eq!(records, lines.len().to_string(), "each record stored once");
-    assert_eq!(terminate(&mut worker), Some(0));
+    let mut worker = s.spawn_worker(&args);
+    s.assert_settled(&want, Duration::from_secs(60)).await;
+    assert_eq!(
+        s.records(),
+        lines.len().to_string(),
+        "each record stored once"
+    );
+    assert_eq!(worker.terminate(), Some(0));
 }
 
 #[tokio::test]
 async fn postgres_down_the_worker_waits_then_catches_up() {
-    let (nats, mut pg, js) = setup().await;
+    let mut s = setup().await;
+    let js = s.js.clone();
     let lines = scenario("pgdown", 600);
     let want = expected(&lines);
     let (first, second) = lines.split_at(lines.len() / 2);
-    let port = free_port();
+    let port = free_port().unwrap();
     let metrics_addr = format!("127.0.0.1:{port}");
-    let mut worker = spawn_worker(
-        &nats.url(),
-        &pg.url(),
-        &[
-            "--batch-size",
-            "100",
-            "--ack-wait-ms",
-            "3000",
-            "--metrics-addr",
-            &metrics_addr,
-        ],
-    );
+    let mut worker = s.spawn_worker(&[
+        "--batch-size",
+        "100",
+        "--ack-wait",
+        "3s",
+        "--metrics-addr",
+        &metrics_addr,
+    ]);
     publish(&js, first).await;
     let first_calls = expected(first).len();
     wait_until(Duration::from_secs(30), "first half stored", || async {
-        count_cdrs(&pg.url()).await >= Some(first_calls as i64 - 2)
+        count_cdrs(&s.pg.url()).await >= Some(first_calls as i64 - 2)
     })
     .await;
     assert_eq!(http_get(port, "/readyz").map(|r| r.0), Some(200));
 
-    pg.stop();
+    s.pg.stop();
     publish(&js, second).await;
     wait_until(
         Duration::from_secs(20),
@@ -121,49 +154,44 @@ async fn postgres_down_the_worker_waits_then_catches_up() {
     // Longer than the ack wait: the held batch must survive (progress acks), and no crash loop.
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(
-        worker.try_wait().unwrap().is_none(),
+        worker.is_running(),
         "worker exited while the database was down"
     );
     assert_eq!(http_get(port, "/healthz").map(|r| r.0), Some(200));
 
-    pg.restart().unwrap();
-    wait_all_stored(&pg.url(), want.len(), Duration::from_secs(45)).await;
-    wait_drained(&js).await;
-    assert_same(&stored(&pg.url()).await, &want);
+    s.pg.restart().unwrap();
+    s.assert_settled(&want, Duration::from_secs(45)).await;
     wait_until(Duration::from_secs(10), "ready again", || async {
         http_get(port, "/readyz").map(|r| r.0) == Some(200)
     })
     .await;
     assert!(scrape(port, "cdr_worker_errors_total").is_some());
-    assert_eq!(terminate(&mut worker), Some(0));
+    assert_eq!(worker.terminate(), Some(0));
 }
 
 #[tokio::test]
 async fn two_workers_with_redeliveries_neither_deadlock_nor_lose_a_merge() {
-    let (nats, pg, js) = setup().await;
+    let mut s = setup().await;
+    let js = s.js.clone();
     let lines = scenario("two", 1200);
     let want = expected(&lines);
-    let ports = [free_port(), free_port()];
+    let ports = [free_port().unwrap(), free_port().unwrap()];
     let mut workers: Vec<_> = ports
         .iter()
         .map(|port| {
             let addr = format!("127.0.0.1:{port}");
-            spawn_worker(
-                &nats.url(),
-                &pg.url(),
-                &[
-                    "--batch-size",
-                    "100",
-                    "--concurrency",
-                    "2",
-                    "--ack-wait-ms",
-                    "1000",
-                    "--max-deliver",
-                    "50",
-                    "--metrics-addr",
-                    &addr,
-                ],
-            )
+            s.spawn_worker(&[
+                "--batch-size",
+                "100",
+                "--concurrency",
+                "2",
+                "--ack-wait",
+                "1s",
+                "--max-deliver",
+                "50",
+                "--metrics-addr",
+                &addr,
+            ])
         })
         .collect();
     // Records of one call land in different batches of different workers.
@@ -172,31 +200,19 @@ async fn two_workers_with_redeliveries_neither_deadlock_nor_lose_a_merge() {
     let (first, second) = shuffled.split_at(shuffled.len() / 2);
     publish(&js, first).await;
     wait_until(Duration::from_secs(30), "some calls stored", || async {
-        count_cdrs(&pg.url()).await.unwrap_or(0) > 0
+        count_cdrs(&s.pg.url()).await.unwrap_or(0) > 0
     })
     .await;
     // Stall every writer for longer than the ack wait: in-flight batches are redelivered to the
     // other worker while the first still holds them.
-    let blocker = {
-        let url = pg.url_for("postgres");
-        std::thread::spawn(move || {
-            std::process::Command::new("psql")
-                .args(["-X", "-q", "-d", &url, "-c"])
-                .arg("BEGIN; LOCK TABLE cdr_record IN EXCLUSIVE MODE; SELECT pg_sleep(3); COMMIT;")
-                .output()
-                .unwrap()
-        })
-    };
-    publish(&js, second).await;
-    let output = blocker.join().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let blocker = lock_table(
+        &s.pg.url_for("postgres"),
+        "cdr_record",
+        Duration::from_secs(3),
     );
-    wait_all_stored(&pg.url(), want.len(), Duration::from_secs(60)).await;
-    wait_drained(&js).await;
-    assert_same(&stored(&pg.url()).await, &want);
+    publish(&js, second).await;
+    blocker.join().unwrap();
+    s.assert_settled(&want, Duration::from_secs(60)).await;
     let duplicates: f64 = ports
         .iter()
         .map(|port| scrape(*port, "cdr_worker_duplicates_absorbed_total").unwrap_or(0.0))
@@ -208,7 +224,7 @@ async fn two_workers_with_redeliveries_neither_deadlock_nor_lose_a_merge() {
     assert!(committed >= lines.len() as f64, "{committed}");
     eprintln!("two workers: committed {committed}, duplicates absorbed {duplicates}");
     for worker in &mut workers {
-        assert_eq!(terminate(worker), Some(0));
+        assert_eq!(worker.terminate(), Some(0));
     }
 }
 
@@ -223,24 +239,25 @@ async fn two_workers_with_redeliveries_neither_deadlock_nor_lose_a_merge() {
 /// nothing is pending, and replaying the dead letters completes the table exactly.
 #[tokio::test]
 async fn killed_on_the_last_delivery_nothing_is_stranded() {
-    let (nats, pg, js) = setup().await;
+    let mut s = setup().await;
+    let js = s.js.clone();
     let args = [
         "--batch-size",
         "100",
         "--concurrency",
         "2",
-        "--ack-wait-ms",
-        "1000",
+        "--ack-wait",
+        "1s",
         "--max-deliver",
         "2",
     ];
     // Migrations first, so the lock below has a table to lock.
-    let mut worker = spawn_worker(&nats.url(), &pg.url(), &args);
+    let mut worker = s.spawn_worker(&args);
     wait_until(Duration::from_secs(30), "schema", || async {
-        count_cdrs(&pg.url()).await == Some(0)
+        count_cdrs(&s.pg.url()).await == Some(0)
     })
     .await;
-    assert_eq!(terminate(&mut worker), Some(0));
+    assert_eq!(worker.terminate(), Some(0));
     let stream = js.get_stream("AKIRA_CDR").await.unwrap();
     let mut consumer: jetstream::consumer::PullConsumer =
         stream.get_consumer("cdr-worker").await.unwrap();
@@ -249,45 +266,38 @@ async fn killed_on_the_last_delivery_nothing_is_stranded() {
 
     let lines = scenario("strand", 400);
     let want = expected(&lines);
-    let blocker = {
-        let url = pg.url_for("postgres");
-        std::thread::spawn(move || {
-            std::process::Command::new("psql")
-                .args(["-X", "-q", "-d", &url, "-c"])
-                .arg("BEGIN; LOCK TABLE cdr_record IN EXCLUSIVE MODE; SELECT pg_sleep(9); COMMIT;")
-                .output()
-                .unwrap()
-        })
-    };
+    let blocker = lock_table(
+        &s.pg.url_for("postgres"),
+        "cdr_record",
+        Duration::from_secs(9),
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     publish(&js, &lines).await;
     for _ in 0..4 {
-        let mut worker = spawn_worker(&nats.url(), &pg.url(), &args);
+        let mut worker = s.spawn_worker(&args);
         wait_until(
             Duration::from_secs(10),
             "the worker holds messages",
-            || async { consumer_backlog(&js).await.1 > 0 },
+            || async {
+                backlog(&js)
+                    .await
+                    .is_some_and(|(_, ack_pending)| ack_pending > 0)
+            },
         )
         .await;
         // Past the ack wait of the batches it holds: their next delivery goes to the next worker.
         tokio::time::sleep(Duration::from_millis(1300)).await;
-        worker.kill().unwrap(); // SIGKILL
-        worker.wait().unwrap();
+        worker.kill_9();
     }
-    let mut worker = spawn_worker(&nats.url(), &pg.url(), &args);
-    let output = blocker.join().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    wait_drained(&js).await;
+    let mut worker = s.spawn_worker(&args);
+    blocker.join().unwrap();
+    wait_drained(&js, Duration::from_secs(30)).await;
 
     // Nothing stranded: every record is stored or dead-lettered, and some were dead-lettered.
     let letters = dead_letters(&js).await;
-    let stored_ids = pg
-        .psql("postgres", "SELECT msg_id FROM cdr_record")
-        .unwrap();
+    let stored_ids =
+        s.pg.psql("postgres", "SELECT msg_id FROM cdr_record")
+            .unwrap();
     let stored_ids: std::collections::HashSet<&str> = stored_ids.lines().collect();
     let lettered: std::collections::HashSet<&str> =
         letters.iter().map(|l| l.original_msg_id.as_str()).collect();
@@ -314,12 +324,13 @@ async fn killed_on_the_last_delivery_nothing_is_stranded() {
 
     // The dead letters are the original bytes: replaying them completes the table exactly.
     replay(&js, &letters).await;
-    wait_all_stored(&pg.url(), want.len(), Duration::from_secs(30)).await;
-    wait_drained(&js).await;
-    let records = pg
-        .psql("postgres", "SELECT count(*) FROM cdr_record")
-        .unwrap();
-    assert_eq!(records, lines.len().to_string(), "each record stored once");
-    assert_same(&stored(&pg.url()).await, &want);
-    assert_eq!(terminate(&mut worker), Some(0));
+    wait_all_stored(&s.pg.url(), want.len(), Duration::from_secs(30)).await;
+    wait_drained(&js, Duration::from_secs(30)).await;
+    assert_eq!(
+        s.records(),
+        lines.len().to_string(),
+        "each record stored once"
+    );
+    assert_same(&stored(&s.pg.url()).await, &want);
+    assert_eq!(worker.terminate(), Some(0));
 }

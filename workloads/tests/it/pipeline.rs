@@ -2,33 +2,43 @@
 //! `kam-cdr-bridge` -> nats-server -> `cdr-worker` -> PostgreSQL. Each test ends with every valid
 //! call stored exactly once with the values `contract::merge` gives for its lines, each valid
 //! line stored once, and every malformed line dead-lettered once under `cdr.dlq.<reason>`.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "pipeline_common.rs"]
-mod pipeline_common;
 
 use std::time::Duration;
 
-use pipeline_common::{Pipeline, Rng, Workload, append, append_paced};
+use crate::support::Rng;
+use crate::support::pipeline::{Pipeline, append, append_paced};
+use crate::support::workload::Workload;
 
 /// How long the pipeline may take to settle after the last line is written.
 const SETTLE: Duration = Duration::from_secs(45);
 
-#[tokio::test]
-async fn worker_killed_9_mid_batch_repeatedly() {
+/// A pipeline with the bridge and one worker running, and a workload of 900 calls of `tag`
+/// with a malformed line every 25 calls.
+async fn running(tag: &str, seed: u64) -> (Pipeline, Workload) {
     let mut p = Pipeline::start().await;
-    let workload = Workload::mix("kill", 900, 25, 1);
+    let workload = Workload::mix(tag, 900, 25, seed);
     p.start_bridge();
     p.start_worker(&[]);
-    let writer = append_paced(
+    (p, workload)
+}
+
+/// Appends the workload's lines to the pipeline's file from a thread, 40 every 150 ms.
+fn write_steadily(p: &Pipeline, workload: &Workload) -> std::thread::JoinHandle<()> {
+    append_paced(
         &p.file,
         workload.lines.clone(),
         40,
         Duration::from_millis(150),
-    );
+    )
+}
+
+#[tokio::test]
+async fn worker_killed_9_mid_batch_repeatedly() {
+    let (mut p, workload) = running("kill", 1).await;
+    let writer = write_steadily(&p, &workload);
     let mut rng = Rng::new(99);
     for _ in 0..4 {
-        tokio::time::sleep(Duration::from_millis(300 + rng.below(400))).await;
+        tokio::time::sleep(Duration::from_millis(300 + rng.below(400) as u64)).await;
         // Commits are quick; stall them so the kill lands while the worker holds a batch.
         let blocker = p.stall("cdr_record", Duration::from_millis(1200));
         tokio::time::sleep(Duration::from_millis(700)).await;
@@ -45,16 +55,8 @@ async fn worker_killed_9_mid_batch_repeatedly() {
 
 #[tokio::test]
 async fn nats_server_restarted_while_publishing() {
-    let mut p = Pipeline::start().await;
-    let workload = Workload::mix("natsrestart", 900, 25, 2);
-    p.start_bridge();
-    p.start_worker(&[]);
-    let writer = append_paced(
-        &p.file,
-        workload.lines.clone(),
-        40,
-        Duration::from_millis(150),
-    );
+    let (mut p, workload) = running("natsrestart", 2).await;
+    let writer = write_steadily(&p, &workload);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     // Down for a while (the bridge and worker back off and reconnect), then the same node again.
     p.nats.stop_node(0).unwrap();
@@ -70,13 +72,10 @@ async fn nats_server_restarted_while_publishing() {
 
 #[tokio::test]
 async fn log_rotated_by_rename_then_by_copytruncate() {
-    let mut p = Pipeline::start().await;
-    let workload = Workload::mix("rotate", 900, 25, 3);
+    let (mut p, workload) = running("rotate", 3).await;
     let thirds = workload.lines.len() / 3;
     let (first, rest) = workload.lines.split_at(thirds);
     let (second, third) = rest.split_at(thirds);
-    p.start_bridge();
-    p.start_worker(&[]);
     let file = p.file.clone();
 
     append_paced(&file, first.to_vec(), 50, Duration::from_millis(100))
@@ -114,16 +113,8 @@ async fn log_rotated_by_rename_then_by_copytruncate() {
 
 #[tokio::test]
 async fn postgres_stopped_for_seconds_then_restarted() {
-    let mut p = Pipeline::start().await;
-    let workload = Workload::mix("pgdown", 900, 25, 4);
-    p.start_bridge();
-    p.start_worker(&[]);
-    let writer = append_paced(
-        &p.file,
-        workload.lines.clone(),
-        40,
-        Duration::from_millis(150),
-    );
+    let (mut p, workload) = running("pgdown", 4).await;
+    let writer = write_steadily(&p, &workload);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     p.pg.stop();
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -170,8 +161,8 @@ async fn two_workers_with_redeliveries_and_stalled_commits() {
     p.start_bridge();
     // Many small batches, so idle loops are there to take the stalled batches' redeliveries.
     let fast = [
-        "--ack-wait-ms",
-        "1000",
+        "--ack-wait",
+        "1s",
         "--concurrency",
         "4",
         "--batch-size",

@@ -1,18 +1,17 @@
 //! The worker's SQL merge against the contract's `merge`, on a real PostgreSQL: every record set
 //! (answered, failed 486, cancelled 487, BYE-only, duplicated, out of order, ties, concurrent
 //! writers) gives the row the contract computes.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
-#[path = "worker_common.rs"]
-mod common;
 
 use std::time::Duration;
 
-use common::{Line, Rng, assert_same, expected, scenario};
 use nats_cdr_testsupport::Postgres;
 use nats_cdr_workloads::contract::record::parse_line;
 use nats_cdr_workloads::worker::{RecordRow, Store};
 use serde_json::json;
+
+use crate::support::Rng;
+use crate::support::acc::{Line, expected, scenario};
+use crate::support::db::{assert_same, stored_cdrs};
 
 fn row(line: &Line) -> RecordRow {
     RecordRow {
@@ -131,12 +130,12 @@ async fn sql_merge_matches_contract_merge_in_any_order_and_chunking() {
             "each distinct record stored once"
         );
         assert_eq!(inserted + duplicates, rows.len() as u64);
-        assert_same(&common::stored(&url).await, &want);
+        assert_same(&stored_cdrs(&url).await, &want);
         // Replaying everything changes nothing.
         let refs: Vec<&RecordRow> = rows.iter().collect();
         let again = store.write(&refs).await.unwrap();
         assert_eq!((again.inserted, again.cdrs_updated), (0, 0));
-        assert_same(&common::stored(&url).await, &want);
+        assert_same(&stored_cdrs(&url).await, &want);
     }
 }
 
@@ -162,7 +161,7 @@ async fn concurrent_writers_of_the_same_calls_lose_no_record() {
     for task in tasks {
         task.await.unwrap();
     }
-    assert_same(&common::stored(&url).await, &want);
+    assert_same(&stored_cdrs(&url).await, &want);
 }
 
 #[tokio::test]
