@@ -74,7 +74,7 @@ pub struct Settings {
     /// Objects reconciled concurrently per kind.
     pub concurrency: u16,
     /// Leader election; `None` runs the controllers at once.
-    pub leader_election: Option<crate::leader::LeaseSettings>,
+    pub leader_election: Option<crate::LeaseSettings>,
     /// Name of this instance in Events and the Lease.
     pub identity: String,
 }
@@ -111,11 +111,11 @@ impl From<&Args> for Settings {
             nats_timeout: args.nats_timeout,
             max_backoff: args.max_backoff,
             concurrency: args.concurrency,
-            leader_election: args.leader_election.then(|| crate::leader::LeaseSettings {
+            leader_election: args.leader_election.then(|| crate::LeaseSettings {
                 name: args.lease_name.clone(),
                 namespace: args.lease_namespace.clone(),
                 identity: identity.clone(),
-                ..crate::leader::LeaseSettings::default()
+                ..crate::LeaseSettings::default()
             }),
             identity,
             ..Self::default()
@@ -128,20 +128,6 @@ fn default_identity() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("nats-cdr-operator-{}", std::process::id()))
-}
-
-/// `base` plus up to 10 % of it, so that objects created together do not resync together.
-pub fn jittered(base: Duration, seed: &str) -> Duration {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    seed.hash(&mut hasher);
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    let permille = hasher.finish() % 100;
-    base + base * u32::try_from(permille).unwrap_or(0) / 1000
 }
 
 #[cfg(test)]
@@ -163,13 +149,5 @@ mod tests {
         assert_eq!(settings.namespaces, vec!["a", "b"]);
         assert_eq!(settings.resync_period, Duration::from_secs(30));
         assert!(settings.leader_election.is_some());
-    }
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        for i in 0..100 {
-            let d = jittered(Duration::from_secs(100), &i.to_string());
-            assert!(d >= Duration::from_secs(100) && d <= Duration::from_secs(110));
-        }
     }
 }
