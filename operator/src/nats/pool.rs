@@ -9,7 +9,9 @@
 //! A connection is rebuilt when its NatsCluster changes (uid, generation) or when a credentials
 //! Secret changes (resourceVersion): the Secrets are re-read by the NatsCluster controller on
 //! every resync ([`Freshness::Recheck`]) and by any reconcile that finds the connection down.
-//! [`Pool::close`] closes the connection of a deleted NatsCluster.
+//! When only the Secrets changed, the old connection keeps serving until the new one is up (make
+//! before break): a Secret updated before the server, or new credentials the server refuses, do
+//! not interrupt the reconciles. [`Pool::close`] closes the connection of a deleted NatsCluster.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +76,23 @@ type Outcome = Result<Connection, Failure>;
 #[derive(Default)]
 struct Slot(tokio::sync::Mutex<State>);
 
+/// A connection in use, and what it was made with.
+struct Live {
+    fingerprint: Fingerprint,
+    connection: Connection,
+    /// Set when the connection is replaced or closed: its events no longer set the gauge.
+    retired: Arc<AtomicBool>,
+    /// When its Secrets were last found unchanged.
+    checked: Instant,
+}
+
+impl Live {
+    fn retire(self) {
+        self.retired.store(true, Ordering::SeqCst);
+        self.connection.close();
+    }
+}
+
 #[derive(Default)]
 enum State {
     #[default]
@@ -83,13 +102,10 @@ enum State {
         done: watch::Receiver<Option<Outcome>>,
         /// The failure of the attempt before this one: callers get it instead of waiting.
         previous: Option<Failure>,
+        /// The connection made with the previous Secrets, serving until this one is up.
+        fallback: Option<Live>,
     },
-    Ready {
-        fingerprint: Fingerprint,
-        connection: Connection,
-        retired: Arc<AtomicBool>,
-        checked: Instant,
-    },
+    Ready(Live),
     Failed {
         fingerprint: Fingerprint,
         failure: Failure,
@@ -101,22 +117,41 @@ impl State {
     fn fingerprint(&self) -> Option<&Fingerprint> {
         match self {
             Self::Empty => None,
-            Self::Connecting { fingerprint, .. }
-            | Self::Ready { fingerprint, .. }
-            | Self::Failed { fingerprint, .. } => Some(fingerprint),
+            Self::Ready(live) => Some(&live.fingerprint),
+            Self::Connecting { fingerprint, .. } | Self::Failed { fingerprint, .. } => {
+                Some(fingerprint)
+            }
         }
     }
 
-    /// Leaves the slot empty, closing a connection it held.
+    /// Empties the slot, handing back a connected connection to the same NatsCluster object
+    /// (`object`) and closing any other.
+    fn take_fallback(&mut self, object: &str) -> Option<Live> {
+        let live = match std::mem::take(self) {
+            Self::Ready(live) => live,
+            Self::Connecting {
+                fallback: Some(live),
+                ..
+            } => live,
+            _ => return None,
+        };
+        if live.fingerprint.object == object && live.connection.is_connected() {
+            Some(live)
+        } else {
+            live.retire();
+            None
+        }
+    }
+
+    /// Empties the slot, closing what it held.
     fn retire(&mut self) {
-        if let Self::Ready {
-            connection,
-            retired,
-            ..
-        } = std::mem::take(self)
-        {
-            retired.store(true, Ordering::SeqCst);
-            connection.close();
+        match std::mem::take(self) {
+            Self::Ready(live)
+            | Self::Connecting {
+                fallback: Some(live),
+                ..
+            } => live.retire(),
+            _ => {}
         }
     }
 }
@@ -221,23 +256,26 @@ impl Pool {
         {
             return None;
         }
+        let failed = |failure: &Failure| Step::Done(Err(failure.clone().into_error(&target.key)));
         match &*state {
-            State::Ready {
-                connection,
-                checked,
-                ..
-            } if connection.is_connected()
-                || !needs_secrets
-                || checked.elapsed() < self.timeout =>
+            State::Ready(live)
+                if live.connection.is_connected()
+                    || !needs_secrets
+                    || live.checked.elapsed() < self.timeout =>
             {
-                Some(Step::Done(Ok(connection.clone())))
+                Some(Step::Done(Ok(live.connection.clone())))
             }
-            State::Connecting { done, previous, .. } => Some(match previous {
-                Some(failure) => Step::Done(Err(failure.clone().into_error(&target.key))),
-                None => Step::Wait(done.clone()),
-            }),
+            State::Connecting {
+                fallback: Some(live),
+                ..
+            } if live.connection.is_connected() => Some(Step::Done(Ok(live.connection.clone()))),
+            State::Connecting {
+                previous: Some(failure),
+                ..
+            } => Some(failed(failure)),
+            State::Connecting { done, .. } => Some(Step::Wait(done.clone())),
             State::Failed { failure, at, .. } if at.elapsed() < self.timeout => {
-                Some(Step::Done(Err(failure.clone().into_error(&target.key))))
+                Some(failed(failure))
             }
             _ => None,
         }
@@ -252,23 +290,20 @@ impl Pool {
         credentials: Option<Credentials>,
     ) -> Step {
         let mut state = slot.0.lock().await;
+        let failed = |failure: Failure| Step::Done(Err(failure.into_error(&target.key)));
         let previous = match &mut *state {
-            State::Ready {
-                fingerprint: f,
-                connection,
-                checked,
-                ..
-            } if *f == fingerprint => {
-                *checked = Instant::now();
-                return Step::Done(Ok(connection.clone()));
+            State::Ready(live) if live.fingerprint == fingerprint => {
+                live.checked = Instant::now();
+                return Step::Done(Ok(live.connection.clone()));
             }
             State::Connecting {
                 fingerprint: f,
                 done,
                 previous,
+                ..
             } if *f == fingerprint => {
                 return match previous {
-                    Some(failure) => Step::Done(Err(failure.clone().into_error(&target.key))),
+                    Some(failure) => failed(failure.clone()),
                     None => Step::Wait(done.clone()),
                 };
             }
@@ -278,24 +313,25 @@ impl Pool {
                 at,
             } if *f == fingerprint => {
                 if at.elapsed() < self.timeout {
-                    return Step::Done(Err(failure.clone().into_error(&target.key)));
+                    return failed(failure.clone());
                 }
                 Some(failure.clone())
             }
             _ => None,
         };
-        state.retire();
+        let fallback = state.take_fallback(&fingerprint.object);
         let (tx, rx) = watch::channel(None);
         *state = State::Connecting {
             fingerprint: fingerprint.clone(),
             done: rx.clone(),
             previous: previous.clone(),
+            fallback,
         };
         drop(state);
         tokio::spawn(self.attempt(slot.clone(), target, fingerprint, credentials, tx));
         match previous {
             // A retry after a failure: nobody waits for it.
-            Some(failure) => Step::Done(Err(failure.into_error(&target.key))),
+            Some(failure) => failed(failure),
             None => Step::Wait(rx),
         }
     }
@@ -334,34 +370,25 @@ impl Pool {
             metrics: self.metrics.clone(),
             retired: Arc::new(AtomicBool::new(false)),
         };
+        let timeout = self.timeout;
         async move {
             let outcome = opener.open(credentials).await;
             let mut state = slot.0.lock().await;
-            let current =
-                matches!(&*state, State::Connecting { fingerprint: f, .. } if *f == fingerprint);
-            match &outcome {
-                Ok(connection) if current => {
-                    *state = State::Ready {
-                        fingerprint,
-                        connection: connection.clone(),
-                        retired: opener.retired.clone(),
-                        checked: Instant::now(),
-                    };
-                }
-                Err(failure) if current => {
-                    *state = State::Failed {
-                        fingerprint,
-                        failure: failure.clone(),
-                        at: Instant::now(),
-                    };
-                }
+            *state = match std::mem::take(&mut *state) {
+                State::Connecting {
+                    fingerprint: f,
+                    fallback,
+                    ..
+                } if f == fingerprint => settled(fingerprint, &outcome, fallback, &opener, timeout),
                 // Superseded (the cluster changed or was deleted meanwhile).
-                Ok(connection) => {
-                    opener.retired.store(true, Ordering::SeqCst);
-                    connection.clone().close();
+                other => {
+                    if let Ok(connection) = &outcome {
+                        opener.retired.store(true, Ordering::SeqCst);
+                        connection.clone().close();
+                    }
+                    other
                 }
-                Err(_) => {}
-            }
+            };
             drop(state);
             let _ = done.send(Some(outcome));
         }
@@ -389,6 +416,44 @@ impl Pool {
             tracing::info!(cluster = %key, "connection closed");
         }
         self.metrics.nats_forgotten(key);
+    }
+}
+
+/// The slot after an attempt: the new connection (the fallback closed), else the fallback
+/// (re-checked at the next look, as if its Secrets had not been read), else the failure.
+fn settled(
+    fingerprint: Fingerprint,
+    outcome: &Outcome,
+    fallback: Option<Live>,
+    opener: &Opener,
+    timeout: Duration,
+) -> State {
+    match (outcome, fallback) {
+        (Ok(connection), fallback) => {
+            if let Some(old) = fallback {
+                old.retire();
+            }
+            State::Ready(Live {
+                fingerprint,
+                connection: connection.clone(),
+                retired: opener.retired.clone(),
+                checked: Instant::now(),
+            })
+        }
+        (Err(failure), Some(old)) => {
+            tracing::warn!(cluster = %opener.key, error = %describe(&failure.clone().into_error(&opener.key)), "new credentials refused; the previous connection keeps serving");
+            State::Ready(Live {
+                checked: Instant::now()
+                    .checked_sub(timeout)
+                    .unwrap_or_else(Instant::now),
+                ..old
+            })
+        }
+        (Err(failure), None) => State::Failed {
+            fingerprint,
+            failure: failure.clone(),
+            at: Instant::now(),
+        },
     }
 }
 

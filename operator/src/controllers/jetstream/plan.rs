@@ -153,11 +153,14 @@ mod tests {
         refused: true,
     };
 
+    /// What, seen on the server, adoptExisting, history, the plan wanted.
+    type Case = (&'static str, Seen<()>, bool, History, Plan<()>);
+
     #[test]
     #[rustfmt::skip]
     fn every_decision() {
         let ds = |fields: &[&'static str]| fields.iter().map(|f| diff(f)).collect::<Vec<_>>();
-        let table: Vec<(&str, Seen<()>, bool, History, Plan<()>)> = vec![
+        let table: Vec<Case> = vec![
             ("new object, nothing there", Seen::Missing, false, NEW, Plan::Create),
             ("refused, gone from the server", Seen::Missing, false, REFUSED, Plan::Create),
             ("spec edited, nothing there", Seen::Missing, false, EDITED, Plan::Create),
