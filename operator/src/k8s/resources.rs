@@ -271,6 +271,10 @@ mod tests {
         assert_eq!(owners.len(), 1, "marking twice adds the reference once");
         assert_eq!(owners[0].controller, Some(true));
         assert_eq!(meta.namespace.as_deref(), Some("ns"));
+        let component = children.component_labels("server");
+        assert_eq!(component[COMPONENT_LABEL], "server");
+        assert_eq!(component[PART_OF_LABEL], "nats-cdr");
+        assert_eq!(component[INSTANCE_LABEL], "owner");
     }
 
     #[tokio::test]

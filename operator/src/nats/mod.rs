@@ -2,7 +2,7 @@
 //! (`credentials`), and the typed JetStream API calls the controllers make (`jetstream`), each
 //! with a timeout and counted in the metrics. JetStream error codes live in `codes`.
 //!
-//! Below the frame and the controllers: it imports only `telemetry` and `k8s` constants.
+//! Below the frame and the controllers: of this crate it imports only `telemetry`.
 
 mod codes;
 mod credentials;

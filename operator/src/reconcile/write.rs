@@ -58,3 +58,78 @@ pub(super) fn next<R: Reconciler>(
     }
     new
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_nats::jetstream::stream;
+    use nats_cdr_crds::{JetStreamStream, JetStreamStreamStatus};
+    use serde_json::json;
+
+    /// A stream as the server reports it: `messages` messages, one replica.
+    fn info(messages: u64) -> stream::Info {
+        let ts = "2026-01-01T00:00:00Z";
+        serde_json::from_value(json!({
+            "config": {"name": "S", "retention": "limits", "storage": "file", "discard": "old",
+                       "max_consumers": -1, "max_msgs": -1, "max_bytes": -1, "max_age": 0,
+                       "max_msg_size": -1, "num_replicas": 1},
+            "created": ts,
+            "state": {"messages": messages, "bytes": 10, "first_seq": 1, "first_ts": ts,
+                      "last_seq": messages, "last_ts": ts, "consumer_count": 0}
+        }))
+        .unwrap()
+    }
+
+    fn ready(reason: &'static str) -> Cond {
+        Cond::new("Ready", Some(true), reason, "ok".into())
+    }
+
+    /// A status written once with `info(5)`, for generation 1.
+    fn written() -> JetStreamStreamStatus {
+        next::<JetStreamStream>(
+            &JetStreamStreamStatus::default(),
+            Some(1),
+            &[ready("Created")],
+            Some(&info(5)),
+            |_| true,
+        )
+    }
+
+    #[test]
+    fn a_steady_state_changes_nothing_until_live_figures_are_due() {
+        let old = written();
+        assert_eq!(old.current_replicas, Some(1));
+        assert_eq!(old.messages, Some(5));
+        let mut asked = None;
+        let steady = next::<JetStreamStream>(&old, Some(1), &[], Some(&info(9)), |structural| {
+            asked = Some(structural);
+            false
+        });
+        assert_eq!(asked, Some(false), "nothing structural changed");
+        assert_eq!(steady, old, "no write");
+        let due = next::<JetStreamStream>(&old, Some(1), &[], Some(&info(9)), |_| true);
+        assert_eq!(due.messages, Some(9));
+    }
+
+    #[test]
+    fn a_new_generation_or_condition_is_structural_and_brings_live_figures_along() {
+        let old = written();
+        for (generation, conds) in [(Some(2), vec![]), (Some(1), vec![ready("Updated")])] {
+            let mut asked = None;
+            let new = next::<JetStreamStream>(&old, generation, &conds, Some(&info(9)), |s| {
+                asked = Some(s);
+                s
+            });
+            assert_eq!(asked, Some(true));
+            assert_eq!(new.messages, Some(9));
+            assert_eq!(new.common.observed_generation, generation);
+        }
+    }
+
+    #[test]
+    fn no_conditions_keep_the_conditions() {
+        let old = written();
+        let new = next::<JetStreamStream>(&old, Some(1), &[], None, |_| true);
+        assert_eq!(new, old);
+    }
+}
