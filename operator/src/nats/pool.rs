@@ -156,6 +156,11 @@ impl State {
     }
 }
 
+/// Whether an attempt can still report (its task did not end without a word).
+fn under_way(done: &watch::Receiver<Option<Outcome>>) -> bool {
+    done.has_changed().is_ok()
+}
+
 /// What a caller does after looking at a slot.
 enum Step {
     Done(Result<Connection, Error>),
@@ -273,7 +278,7 @@ impl Pool {
                 previous: Some(failure),
                 ..
             } => Some(failed(failure)),
-            State::Connecting { done, .. } => Some(Step::Wait(done.clone())),
+            State::Connecting { done, .. } if under_way(done) => Some(Step::Wait(done.clone())),
             State::Failed { failure, at, .. } if at.elapsed() < self.timeout => {
                 Some(failed(failure))
             }
@@ -301,7 +306,7 @@ impl Pool {
                 done,
                 previous,
                 ..
-            } if *f == fingerprint => {
+            } if *f == fingerprint && under_way(done) => {
                 return match previous {
                     Some(failure) => failed(failure.clone()),
                     None => Step::Wait(done.clone()),

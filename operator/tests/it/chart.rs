@@ -20,14 +20,7 @@ fn run(tool: &str, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run tool");
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
+    crate::support::outcome(&output)
 }
 
 fn chart() -> String {

@@ -320,14 +320,13 @@ pub async fn nats(url: &str, args: &[&str]) -> (bool, String) {
         .output()
         .await
         .expect("run nats");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    outcome(&out)
+}
+
+/// (success, stdout + stderr) of a finished command.
+pub fn outcome(out: &std::process::Output) -> (bool, String) {
+    let text = [&out.stdout, &out.stderr].map(|b| String::from_utf8_lossy(b).into_owned());
+    (out.status.success(), text.concat())
 }
 
 /// `nats stream info NAME -j` as JSON, or None when the stream does not exist.

@@ -17,7 +17,7 @@ use kube::{Resource, ResourceExt};
 use self::diff::{FieldDiff, describe};
 use self::plan::History;
 use crate::nats;
-use crate::reconcile::{Reason, Report, Requeue};
+use crate::reconcile::{Failure, Reason, Reconciler, Report, Requeue};
 use crate::status::{self, Cond, ObjectStatus};
 use crate::telemetry::{Kind, Metrics};
 
@@ -50,6 +50,15 @@ impl Error {
             Self::AlreadyExists(_) => Reason::AlreadyExists,
             Self::Conflict(_) => Reason::Conflict,
             Self::StreamNotFound(_) => Reason::StreamNotFound,
+        }
+    }
+}
+
+impl<K: Reconciler<Error = Error>> From<Error> for Failure<K> {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            observed: None,
         }
     }
 }
@@ -222,13 +231,7 @@ fn report<O>(
 mod tests {
     use super::*;
 
-    const WORDS: Words = Words {
-        noun: "stream",
-        lost: "its messages are gone",
-        name_field: "spec.name",
-        never_recreated: "",
-        then: " and move consumers to it",
-    };
+    use super::stream::WORDS;
 
     #[test]
     fn a_steady_state_reports_no_conditions_and_no_event() {

@@ -127,31 +127,19 @@ mod tests {
         }
     }
 
-    const NEW: History = History {
-        was_synced: false,
-        observed_current: false,
-        refused: false,
-    };
-    const SYNCED: History = History {
-        was_synced: true,
-        observed_current: true,
-        refused: false,
-    };
-    const EDITED: History = History {
-        was_synced: true,
-        observed_current: false,
-        refused: false,
-    };
-    const REFUSED: History = History {
-        was_synced: false,
-        observed_current: true,
-        refused: true,
-    };
-    const REFUSED_THEN_EDITED: History = History {
-        was_synced: false,
-        observed_current: false,
-        refused: true,
-    };
+    const fn history(was_synced: bool, observed_current: bool, refused: bool) -> History {
+        History {
+            was_synced,
+            observed_current,
+            refused,
+        }
+    }
+
+    const NEW: History = history(false, false, false);
+    const SYNCED: History = history(true, true, false);
+    const EDITED: History = history(true, false, false);
+    const REFUSED: History = history(false, true, true);
+    const REFUSED_THEN_EDITED: History = history(false, false, true);
 
     /// What, seen on the server, adoptExisting, history, the plan wanted.
     type Case = (&'static str, Seen<()>, bool, History, Plan<()>);

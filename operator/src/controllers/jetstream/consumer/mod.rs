@@ -29,15 +29,6 @@ const WORDS: Words = Words {
     then: "",
 };
 
-impl From<Error> for Failure<JetStreamConsumer> {
-    fn from(error: Error) -> Self {
-        Self {
-            error,
-            observed: None,
-        }
-    }
-}
-
 impl Reconciler for JetStreamConsumer {
     const KIND: Kind = Kind::JetStreamConsumer;
     const CONDITIONS: &'static [&'static str] = &["Ready", "Synced"];

@@ -24,22 +24,13 @@ use crate::reconcile::{Context, Failure, Reason, Reconciler, Report, Requeue};
 use crate::status::Cond;
 use crate::telemetry::Kind;
 
-const WORDS: Words = Words {
+pub(super) const WORDS: Words = Words {
     noun: "stream",
     lost: "its messages are gone",
     name_field: "spec.name",
     never_recreated: "",
     then: " and move consumers to it",
 };
-
-impl From<Error> for Failure<JetStreamStream> {
-    fn from(error: Error) -> Self {
-        Self {
-            error,
-            observed: None,
-        }
-    }
-}
 
 impl Reconciler for JetStreamStream {
     const KIND: Kind = Kind::JetStreamStream;
