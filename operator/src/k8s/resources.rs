@@ -7,7 +7,7 @@
 //! A controller makes one [`Children`] per reconcile, [`Children::apply`]s every child it
 //! builds, then calls [`Children::delete_orphans`] once per child kind it manages:
 //!
-//! ```ignore
+//! ```text
 //! let mut children = Children::new(ctx.client.clone(), pipeline.as_ref(), "cdr-pipeline")?;
 //! children.apply(config_map).await?;
 //! children.apply(deployment).await?;

@@ -258,7 +258,7 @@ async fn apply<R: Reconciler>(obj: Arc<R>, ctx: &Context) -> Result<Action, Erro
     }
     match R::apply(obj.clone(), ctx).await {
         Ok(report) => succeeded(obj.as_ref(), ctx, report).await,
-        Err(failure) => failed(obj.as_ref(), ctx, failure).await,
+        Err(failure) => failed(obj.as_ref(), ctx, Step::Apply, failure).await,
     }
 }
 
@@ -289,28 +289,59 @@ async fn succeeded<R: Reconciler>(
     Ok(ctx.action(report.requeue, obj))
 }
 
-/// The one place a failure becomes conditions, an Event and a requeue.
+/// Which step failed.
+#[derive(Clone, Copy)]
+enum Step {
+    Apply,
+    Cleanup,
+}
+
+/// The one place a failure becomes conditions, an Event and a requeue. A failed apply sets every
+/// condition of the kind and is retried as its reason says; a failed cleanup keeps the finalizer,
+/// says in `Ready` why and what to do, and is retried with backoff.
 async fn failed<R: Reconciler>(
     obj: &R,
     ctx: &Context,
+    step: Step,
     failure: Failure<R>,
 ) -> Result<Action, Error> {
     let reason = R::reason(&failure.error);
-    let message = describe(&failure.error);
-    let conds = all_conditions::<R>(Some(false), reason, &message);
+    let (conds, action) = match step {
+        Step::Apply => {
+            let message = describe(&failure.error);
+            (
+                all_conditions::<R>(Some(false), reason, &message),
+                "Reconcile",
+            )
+        }
+        Step::Cleanup => {
+            let noun = R::NOUN;
+            let message = format!(
+                "{}; the {noun} is deleted once the server answers (deletionPolicy: Delete); to remove the object without deleting the {noun}, annotate it {FORCE_DELETE_ANNOTATION}: \"true\"",
+                describe(&failure.error)
+            );
+            let ready = Cond::new(R::CONDITIONS[0], Some(false), reason.as_str(), message);
+            (vec![ready], "Delete")
+        }
+    };
     let transition = write::status(obj, ctx, &conds, failure.observed.as_ref(), false).await?;
     if transition {
-        ctx.publish(obj, true, reason, "Reconcile", message).await;
+        ctx.publish(obj, true, reason, action, conds[0].message.clone())
+            .await;
     }
-    match reason.requeue() {
+    let requeue = match step {
+        Step::Apply => reason.requeue(),
+        // The finalizer stays until the cleanup succeeds.
+        Step::Cleanup => Requeue::Backoff,
+    };
+    match requeue {
         Requeue::Backoff => Err(Error::failed(reason, failure.error)),
         requeue => Ok(ctx.action(requeue, obj)),
     }
 }
 
 /// Cleanup on delete. Paused, or nothing to clean up: the finalizer goes at once. Force-delete:
-/// it goes without cleanup (a Warning Event says so). A failed cleanup keeps the finalizer,
-/// says why and what to do in `Ready`, and is retried with backoff.
+/// it goes without cleanup (a Warning Event says so). A failed cleanup is reported by `failed`.
 async fn cleanup<R: Reconciler>(obj: Arc<R>, ctx: &Context) -> Result<Action, Error> {
     let result = if k8s::is_paused(obj.as_ref()) || !obj.needs_cleanup() {
         Ok(None)
@@ -334,30 +365,12 @@ async fn cleanup<R: Reconciler>(obj: Arc<R>, ctx: &Context) -> Result<Action, Er
             ctx.forget(&object_key(obj.as_ref()));
             Ok(Action::await_change())
         }
-        Err(error) => Err(cleanup_failed(obj.as_ref(), ctx, error).await?),
+        Err(error) => {
+            let failure = Failure {
+                error,
+                observed: None,
+            };
+            failed(obj.as_ref(), ctx, Step::Cleanup, failure).await
+        }
     }
-}
-
-/// Reports a failed cleanup in `Ready` (a Warning Event on a transition): why, and what to do.
-async fn cleanup_failed<R: Reconciler>(
-    obj: &R,
-    ctx: &Context,
-    error: R::Error,
-) -> Result<Error, Error> {
-    let reason = R::reason(&error);
-    let noun = R::NOUN;
-    let message = format!(
-        "{}; the {noun} is deleted once the server answers (deletionPolicy: Delete); to remove the object without deleting the {noun}, annotate it {FORCE_DELETE_ANNOTATION}: \"true\"",
-        describe(&error)
-    );
-    let cond = Cond::new(
-        R::CONDITIONS[0],
-        Some(false),
-        reason.as_str(),
-        message.clone(),
-    );
-    if write::status(obj, ctx, &[cond], None, false).await? {
-        ctx.publish(obj, true, reason, "Delete", message).await;
-    }
-    Ok(Error::failed(reason, error))
 }
