@@ -66,6 +66,13 @@ async fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(60),
     );
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        // Logs of the operator under load, when asked for (stderr).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let resync = Duration::from_secs(20);
     println!(
         "operator bench: N = {n} JetStreamStream objects, steady state {steady:?}, resync {resync:?}"
@@ -149,6 +156,14 @@ async fn main() {
         }
         if started.elapsed() > Duration::from_secs(1800) {
             panic!("only {done} of {n} Ready after 30 min");
+        }
+        if started.elapsed().as_secs() % 30 == 29 {
+            eprintln!(
+                "waiting: {done} of {n} Ready after {:.0} s, {} reconciles, {} JetStream calls",
+                started.elapsed().as_secs_f64(),
+                metrics.reconcile_count(Kind::JetStreamStream),
+                metrics.nats_request_count()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

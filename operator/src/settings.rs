@@ -33,6 +33,10 @@ pub struct Args {
     /// Longest retry delay of a failing object (backoff starts at 1 s and doubles).
     #[arg(long, env = "MAX_BACKOFF", default_value = "5m", value_parser = parse_duration)]
     pub max_backoff: Duration,
+    /// Longest a reconcile may take before it is abandoned and retried with backoff (a call that
+    /// hangs must not hold a concurrency slot forever), e.g. `2m`.
+    #[arg(long, env = "RECONCILE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub reconcile_timeout: Duration,
     /// Objects reconciled concurrently per kind.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
@@ -71,6 +75,8 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// How often an object waiting for something else (its stream, its cluster) looks again.
     pub dependency_poll: Duration,
+    /// Longest a reconcile may take before it is abandoned and retried with backoff.
+    pub reconcile_timeout: Duration,
     /// Objects reconciled concurrently per kind.
     pub concurrency: u16,
     /// Leader election; `None` runs the controllers at once.
@@ -89,6 +95,7 @@ impl Default for Settings {
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             dependency_poll: Duration::from_secs(10),
+            reconcile_timeout: Duration::from_secs(120),
             concurrency: 8,
             leader_election: None,
             identity: default_identity(),
@@ -110,6 +117,7 @@ impl From<&Args> for Settings {
             status_refresh: args.status_refresh,
             nats_timeout: args.nats_timeout,
             max_backoff: args.max_backoff,
+            reconcile_timeout: args.reconcile_timeout,
             concurrency: args.concurrency,
             leader_election: args.leader_election.then(|| crate::LeaseSettings {
                 name: args.lease_name.clone(),
@@ -143,11 +151,14 @@ mod tests {
             "a,b",
             "--resync-period",
             "30s",
+            "--reconcile-timeout",
+            "45s",
             "--leader-election",
         ]);
         let settings = Settings::from(&args);
         assert_eq!(settings.namespaces, vec!["a", "b"]);
         assert_eq!(settings.resync_period, Duration::from_secs(30));
+        assert_eq!(settings.reconcile_timeout, Duration::from_secs(45));
         assert!(settings.leader_election.is_some());
     }
 }

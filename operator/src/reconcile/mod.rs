@@ -3,7 +3,8 @@
 //! kinds with state outside Kubernetes also implement `cleanup`. The frame does the rest, the
 //! same way for every kind:
 //!
-//! - a tracing span with kind, namespace and name, and a timer counting the reconcile;
+//! - a tracing span with kind, namespace and name, a timer counting the reconcile, and a time
+//!   limit (`--reconcile-timeout`): a call that hangs never holds a concurrency slot for good;
 //! - the pause annotation (conditions `Paused`, nothing else; on delete only the finalizer goes);
 //! - the finalizer, for kinds with external state, and `nats-cdr.dev/force-delete`;
 //! - the one place where a failure becomes conditions, a Warning Event on a transition, and a
@@ -170,6 +171,10 @@ pub(crate) enum Error {
     Status(#[source] kube::Error),
     #[error("finalizer {FINALIZER}")]
     Finalizer(#[source] Box<finalizer::Error<Error>>),
+    #[error(
+        "the reconcile did not finish within {0:?} (a call to the apiserver or to NATS hangs); abandoned, retried with backoff"
+    )]
+    TimedOut(std::time::Duration),
 }
 
 impl Error {
@@ -184,6 +189,7 @@ impl Error {
         match self {
             Self::Failed { reason, .. } => *reason,
             Self::Status(_) => Reason::KubeError,
+            Self::TimedOut(_) => Reason::ReconcileTimeout,
             Self::Finalizer(e) => match e.as_ref() {
                 finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e.reason(),
                 _ => Reason::FinalizerError,
@@ -203,7 +209,11 @@ pub(crate) async fn reconcile<R: Reconciler>(
         namespace = %obj.namespace().unwrap_or_default(),
         name = %obj.name_any(),
     );
-    let result = run(obj.clone(), &ctx).instrument(span.clone()).await;
+    let limit = ctx.settings.reconcile_timeout;
+    let result = tokio::time::timeout(limit, run(obj.clone(), &ctx))
+        .instrument(span.clone())
+        .await
+        .unwrap_or(Err(Error::TimedOut(limit)));
     match &result {
         Ok(_) => ctx.backoff.reset(&object_key(obj.as_ref())),
         Err(e) => {

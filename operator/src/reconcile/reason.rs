@@ -32,6 +32,8 @@ pub(crate) enum Reason {
     NatsError,
     KubeError,
     FinalizerError,
+    /// The reconcile did not finish within `--reconcile-timeout` (log and metric label only).
+    ReconcileTimeout,
     // Events only.
     Deleted,
     ForceDeleted,
@@ -55,7 +57,7 @@ pub(crate) enum Requeue {
 }
 
 impl Reason {
-    pub(crate) const ALL: [Reason; 23] = [
+    pub(crate) const ALL: [Reason; 24] = [
         Self::Created,
         Self::Updated,
         Self::Adopted,
@@ -77,6 +79,7 @@ impl Reason {
         Self::NatsError,
         Self::KubeError,
         Self::FinalizerError,
+        Self::ReconcileTimeout,
         Self::Deleted,
         Self::ForceDeleted,
     ];
@@ -105,6 +108,7 @@ impl Reason {
             Self::NatsError => "NatsError",
             Self::KubeError => "KubeError",
             Self::FinalizerError => "FinalizerError",
+            Self::ReconcileTimeout => "ReconcileTimeout",
             Self::Deleted => "Deleted",
             Self::ForceDeleted => "ForceDeleted",
         }
@@ -126,6 +130,7 @@ impl Reason {
                 | Self::NatsError
                 | Self::KubeError
                 | Self::FinalizerError
+                | Self::ReconcileTimeout
         )
     }
 

@@ -273,6 +273,13 @@ impl Metrics {
         self.reconciles.get_or_create(&KindLabel { kind }).get()
     }
 
+    /// Total failed reconciles of `kind` with `reason` so far.
+    pub fn reconcile_error_count(&self, kind: Kind, reason: &'static str) -> u64 {
+        self.reconcile_errors
+            .get_or_create(&ReasonLabel { kind, reason })
+            .get()
+    }
+
     /// Total JetStream API requests so far.
     pub fn nats_request_count(&self) -> u64 {
         sum_ops(&self.nats_requests)

@@ -202,6 +202,35 @@ async fn a_black_hole_cluster_does_not_stall_a_working_one() {
 }
 
 #[tokio::test]
+async fn a_reconcile_that_hangs_is_abandoned_and_retried() {
+    let e = Env::new("op-hang").await;
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    e.apply(nats_cluster(
+        "nats",
+        &format!("nats://{}", hole.local_addr().unwrap()),
+    ))
+    .await;
+    e.apply(stream("h", "HANG")).await;
+    // The first connection attempt may take 2 x 5 s; a reconcile may take 1 s.
+    let mut s = settings(&e.ns);
+    s.nats_timeout = Duration::from_secs(5);
+    s.reconcile_timeout = Duration::from_secs(1);
+    let op = start(e.client.clone(), s);
+    wait_for(T, "a reconcile abandoned after 1 s", || async {
+        op.metrics
+            .reconcile_error_count(nats_cdr_operator::Kind::JetStreamStream, "ReconcileTimeout")
+            > 0
+    })
+    .await
+    .unwrap();
+    // Once the attempt has failed, reconciles answer at once and say why.
+    e.wait_reason::<JetStreamStream>("h", &["NatsUnavailable"])
+        .await;
+    op.stop().await;
+    drop(hole);
+}
+
+#[tokio::test]
 async fn a_rotated_password_is_picked_up_and_streams_stay_ready() {
     let e = Env::new("op-rotate").await;
     let run = tempfile::tempdir().unwrap();
