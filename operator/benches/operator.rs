@@ -12,13 +12,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use nats_cdr_crds::{JetStreamStream, NatsCluster};
-use nats_cdr_operator::{Operator, Settings};
+use nats_cdr_operator::{Kind, Operator, Settings};
 use nats_cdr_testsupport::{LocalCluster, NatsServer, install_crds};
 use serde_json::json;
 
@@ -40,6 +41,18 @@ fn ready(o: &JetStreamStream) -> bool {
     })
 }
 
+/// name -> resourceVersion of every stream object.
+async fn versions(streams: &Api<JetStreamStream>) -> HashMap<String, String> {
+    streams
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .iter()
+        .map(|o| (o.name_any(), o.resource_version().unwrap_or_default()))
+        .collect()
+}
+
 #[tokio::main]
 async fn main() {
     let n: usize = std::env::args()
@@ -53,6 +66,13 @@ async fn main() {
             .and_then(|s| s.parse().ok())
             .unwrap_or(60),
     );
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        // Logs of the operator under load, when asked for (stderr).
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let resync = Duration::from_secs(20);
     println!(
         "operator bench: N = {n} JetStreamStream objects, steady state {steady:?}, resync {resync:?}"
@@ -137,10 +157,18 @@ async fn main() {
         if started.elapsed() > Duration::from_secs(1800) {
             panic!("only {done} of {n} Ready after 30 min");
         }
+        if started.elapsed().as_secs() % 30 == 29 {
+            eprintln!(
+                "waiting: {done} of {n} Ready after {:.0} s, {} reconciles, {} JetStream calls",
+                started.elapsed().as_secs_f64(),
+                metrics.reconcile_count(Kind::JetStreamStream),
+                metrics.nats_request_count()
+            );
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let all_ready = started.elapsed();
-    let reconciles = metrics.reconcile_count("JetStreamStream");
+    let reconciles = metrics.reconcile_count(Kind::JetStreamStream);
     let requests = metrics.nats_request_count();
     let nats_writes = metrics.nats_write_count();
     let api_writes = metrics.apiserver_write_count();
@@ -158,37 +186,23 @@ async fn main() {
 
     // Steady state: let the first wave of follow-up reconciles settle, then measure.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let before: Vec<(String, String)> = streams
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-        .iter()
-        .map(|o| (o.name_any(), o.resource_version().unwrap_or_default()))
-        .collect();
+    let before = versions(&streams).await;
     let (r0, q0, w0, a0) = (
-        metrics.reconcile_count("JetStreamStream"),
+        metrics.reconcile_count(Kind::JetStreamStream),
         metrics.nats_request_count(),
         metrics.nats_write_count(),
         metrics.apiserver_write_count(),
     );
     tokio::time::sleep(steady).await;
-    let after: std::collections::HashMap<String, String> = streams
-        .list(&ListParams::default())
-        .await
-        .expect("list")
-        .items
-        .iter()
-        .map(|o| (o.name_any(), o.resource_version().unwrap_or_default()))
-        .collect();
+    let after = versions(&streams).await;
     let changed = before
         .iter()
-        .filter(|(name, rv)| after.get(name) != Some(rv))
+        .filter(|&(name, rv)| after.get(name) != Some(rv))
         .count();
     println!(
         "steady state {:?}: {} reconciles, {} JetStream reads, {} JetStream writes, {} apiserver writes by the operator, {} objects with a new resourceVersion",
         steady,
-        metrics.reconcile_count("JetStreamStream") - r0,
+        metrics.reconcile_count(Kind::JetStreamStream) - r0,
         (metrics.nats_request_count() - q0) - (metrics.nats_write_count() - w0),
         metrics.nats_write_count() - w0,
         metrics.apiserver_write_count() - a0,

@@ -33,6 +33,10 @@ pub struct Args {
     /// Longest retry delay of a failing object (backoff starts at 1 s and doubles).
     #[arg(long, env = "MAX_BACKOFF", default_value = "5m", value_parser = parse_duration)]
     pub max_backoff: Duration,
+    /// Longest a reconcile may take before it is abandoned and retried with backoff (a call that
+    /// hangs must not hold a concurrency slot forever), e.g. `2m`.
+    #[arg(long, env = "RECONCILE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub reconcile_timeout: Duration,
     /// Objects reconciled concurrently per kind.
     #[arg(long, env = "CONCURRENCY", default_value_t = 8)]
     pub concurrency: u16,
@@ -71,10 +75,12 @@ pub struct Settings {
     pub max_backoff: Duration,
     /// How often an object waiting for something else (its stream, its cluster) looks again.
     pub dependency_poll: Duration,
+    /// Longest a reconcile may take before it is abandoned and retried with backoff.
+    pub reconcile_timeout: Duration,
     /// Objects reconciled concurrently per kind.
     pub concurrency: u16,
     /// Leader election; `None` runs the controllers at once.
-    pub leader_election: Option<crate::leader::LeaseSettings>,
+    pub leader_election: Option<crate::LeaseSettings>,
     /// Name of this instance in Events and the Lease.
     pub identity: String,
 }
@@ -89,6 +95,7 @@ impl Default for Settings {
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(300),
             dependency_poll: Duration::from_secs(10),
+            reconcile_timeout: Duration::from_secs(120),
             concurrency: 8,
             leader_election: None,
             identity: default_identity(),
@@ -110,12 +117,13 @@ impl From<&Args> for Settings {
             status_refresh: args.status_refresh,
             nats_timeout: args.nats_timeout,
             max_backoff: args.max_backoff,
+            reconcile_timeout: args.reconcile_timeout,
             concurrency: args.concurrency,
-            leader_election: args.leader_election.then(|| crate::leader::LeaseSettings {
+            leader_election: args.leader_election.then(|| crate::LeaseSettings {
                 name: args.lease_name.clone(),
                 namespace: args.lease_namespace.clone(),
                 identity: identity.clone(),
-                ..crate::leader::LeaseSettings::default()
+                ..crate::LeaseSettings::default()
             }),
             identity,
             ..Self::default()
@@ -128,20 +136,6 @@ fn default_identity() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| format!("nats-cdr-operator-{}", std::process::id()))
-}
-
-/// `base` plus up to 10 % of it, so that objects created together do not resync together.
-pub fn jittered(base: Duration, seed: &str) -> Duration {
-    use std::hash::{Hash, Hasher};
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    seed.hash(&mut hasher);
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
-        .hash(&mut hasher);
-    let permille = hasher.finish() % 100;
-    base + base * u32::try_from(permille).unwrap_or(0) / 1000
 }
 
 #[cfg(test)]
@@ -157,19 +151,14 @@ mod tests {
             "a,b",
             "--resync-period",
             "30s",
+            "--reconcile-timeout",
+            "45s",
             "--leader-election",
         ]);
         let settings = Settings::from(&args);
         assert_eq!(settings.namespaces, vec!["a", "b"]);
         assert_eq!(settings.resync_period, Duration::from_secs(30));
+        assert_eq!(settings.reconcile_timeout, Duration::from_secs(45));
         assert!(settings.leader_election.is_some());
-    }
-
-    #[test]
-    fn jitter_stays_within_ten_percent() {
-        for i in 0..100 {
-            let d = jittered(Duration::from_secs(100), &i.to_string());
-            assert!(d >= Duration::from_secs(100) && d <= Duration::from_secs(110));
-        }
     }
 }

@@ -11,7 +11,7 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use tokio::sync::watch;
 
-use crate::status::FIELD_MANAGER;
+use super::FIELD_MANAGER;
 
 /// Where the Lease is and how it is held.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ impl Default for LeaseSettings {
 }
 
 /// Whether `lease` may be taken by `identity` at `now`.
-pub fn can_take(lease: &Lease, identity: &str, now: Timestamp) -> bool {
+pub(crate) fn can_take(lease: &Lease, identity: &str, now: Timestamp) -> bool {
     let Some(spec) = &lease.spec else { return true };
     let holder = spec.holder_identity.as_deref().unwrap_or_default();
     if holder.is_empty() || holder == identity {
@@ -53,70 +53,76 @@ pub fn can_take(lease: &Lease, identity: &str, now: Timestamp) -> bool {
 }
 
 /// One attempt to acquire or renew. `Ok(true)`: this instance holds the Lease.
-pub async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool, kube::Error> {
+pub(crate) async fn try_acquire(api: &Api<Lease>, s: &LeaseSettings) -> Result<bool, kube::Error> {
     let now = Timestamp::now();
-    let seconds = i32::try_from(s.lease_duration.as_secs()).unwrap_or(15);
-    match api.get_opt(&s.name).await? {
-        None => {
-            let lease = Lease {
-                metadata: ObjectMeta {
-                    name: Some(s.name.clone()),
-                    ..ObjectMeta::default()
-                },
-                spec: Some(LeaseSpec {
-                    holder_identity: Some(s.identity.clone()),
-                    lease_duration_seconds: Some(seconds),
-                    acquire_time: Some(MicroTime(now)),
-                    renew_time: Some(MicroTime(now)),
-                    lease_transitions: Some(0),
-                    ..LeaseSpec::default()
-                }),
-            };
-            match api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            }
-        }
-        Some(lease) => {
-            if !can_take(&lease, &s.identity, now) {
-                return Ok(false);
-            }
-            let spec = lease.spec.clone().unwrap_or_default();
-            let ours = spec.holder_identity.as_deref() == Some(s.identity.as_str());
-            let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
-            let acquire = if ours {
-                spec.acquire_time.map(|t| t.0).unwrap_or(now)
-            } else {
-                now
-            };
-            // The resourceVersion makes the apply conditional: a concurrent change wins, we lose.
-            let body = serde_json::json!({
-                "apiVersion": "coordination.k8s.io/v1",
-                "kind": "Lease",
-                "metadata": {"name": s.name, "resourceVersion": lease.metadata.resource_version},
-                "spec": {
-                    "holderIdentity": s.identity,
-                    "leaseDurationSeconds": seconds,
-                    "acquireTime": MicroTime(acquire),
-                    "renewTime": MicroTime(now),
-                    "leaseTransitions": transitions,
-                }
-            });
-            match api
-                .patch(
-                    &s.name,
-                    &PatchParams::apply(FIELD_MANAGER).force(),
-                    &Patch::Apply(&body),
-                )
-                .await
-            {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
-            }
-        }
+    let outcome = match api.get_opt(&s.name).await? {
+        None => api
+            .create(&PostParams::default(), &new_lease(s, now))
+            .await
+            .map(drop),
+        Some(lease) if can_take(&lease, &s.identity, now) => api
+            .patch(
+                &s.name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&renewal(&lease, s, now)),
+            )
+            .await
+            .map(drop),
+        Some(_) => return Ok(false),
+    };
+    match outcome {
+        Ok(()) => Ok(true),
+        // Someone else created or changed it first: they win, we lose.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(e),
     }
+}
+
+fn lease_seconds(s: &LeaseSettings) -> i32 {
+    i32::try_from(s.lease_duration.as_secs()).unwrap_or(15)
+}
+
+/// A Lease held by this instance from `now`.
+fn new_lease(s: &LeaseSettings, now: Timestamp) -> Lease {
+    Lease {
+        metadata: ObjectMeta {
+            name: Some(s.name.clone()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(LeaseSpec {
+            holder_identity: Some(s.identity.clone()),
+            lease_duration_seconds: Some(lease_seconds(s)),
+            acquire_time: Some(MicroTime(now)),
+            renew_time: Some(MicroTime(now)),
+            lease_transitions: Some(0),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+/// The apply body that renews (or takes over) `lease`. Its resourceVersion makes the apply
+/// conditional: a concurrent change wins.
+fn renewal(lease: &Lease, s: &LeaseSettings, now: Timestamp) -> serde_json::Value {
+    let spec = lease.spec.clone().unwrap_or_default();
+    let ours = spec.holder_identity.as_deref() == Some(s.identity.as_str());
+    let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!ours);
+    let acquire = if ours {
+        spec.acquire_time.map(|t| t.0).unwrap_or(now)
+    } else {
+        now
+    };
+    serde_json::json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {"name": s.name, "resourceVersion": lease.metadata.resource_version},
+        "spec": {
+            "holderIdentity": s.identity,
+            "leaseDurationSeconds": lease_seconds(s),
+            "acquireTime": MicroTime(acquire),
+            "renewTime": MicroTime(now),
+            "leaseTransitions": transitions,
+        }
+    })
 }
 
 async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<(), kube::Error> {
@@ -146,7 +152,7 @@ async fn release(api: &Api<Lease>, s: &LeaseSettings) -> Result<(), kube::Error>
 }
 
 /// Runs the elector until `stop` turns true, publishing whether this instance leads.
-pub async fn run(
+pub(crate) async fn run(
     client: Client,
     s: LeaseSettings,
     leading: watch::Sender<bool>,

@@ -2,8 +2,6 @@
 //! (the operator binary, running as the chart's ServiceAccount through impersonation, makes a
 //! stream Ready on a real nats-server) and least-privilege (what it must not do is refused).
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -22,14 +20,7 @@ fn run(tool: &str, kubeconfig: &Path, args: &[&str]) -> (bool, String) {
         .args(args)
         .output()
         .expect("run tool");
-    (
-        output.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ),
-    )
+    crate::support::outcome(&output)
 }
 
 fn chart() -> String {
