@@ -52,6 +52,38 @@ pub struct Args {
     /// Identity written into the Lease; the pod name (`POD_NAME`) or the host name when unset.
     #[arg(long, env = "POD_NAME")]
     pub identity: Option<String>,
+    /// Image of kam-cdr-bridge for CdrPipelines that name none.
+    #[arg(long, env = "BRIDGE_IMAGE", default_value_t = DefaultImages::default().bridge)]
+    pub bridge_image: String,
+    /// Image of cdr-worker for CdrPipelines that name none.
+    #[arg(long, env = "WORKER_IMAGE", default_value_t = DefaultImages::default().worker)]
+    pub worker_image: String,
+    /// Image of nats-server for managed NatsClusters that name none.
+    #[arg(long, env = "NATS_IMAGE", default_value_t = DefaultImages::default().nats_server)]
+    pub nats_image: String,
+}
+
+/// Version of nats-server the default image carries (scripts/versions.env pins the same).
+pub const NATS_SERVER_VERSION: &str = "2.15.2";
+
+/// Images the operator deploys when an object names none: the ones `scripts/images.sh` builds,
+/// tagged with this crate's version (nats-server with its own), as the chart's defaults are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultImages {
+    pub bridge: String,
+    pub worker: String,
+    pub nats_server: String,
+}
+
+impl Default for DefaultImages {
+    fn default() -> Self {
+        let version = env!("CARGO_PKG_VERSION");
+        Self {
+            bridge: format!("ghcr.io/nats-cdr/kam-cdr-bridge:{version}"),
+            worker: format!("ghcr.io/nats-cdr/cdr-worker:{version}"),
+            nats_server: format!("ghcr.io/nats-cdr/nats-server:{NATS_SERVER_VERSION}"),
+        }
+    }
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -83,6 +115,8 @@ pub struct Settings {
     pub leader_election: Option<crate::LeaseSettings>,
     /// Name of this instance in Events and the Lease.
     pub identity: String,
+    /// Images deployed when an object names none.
+    pub images: DefaultImages,
 }
 
 impl Default for Settings {
@@ -99,6 +133,7 @@ impl Default for Settings {
             concurrency: 8,
             leader_election: None,
             identity: default_identity(),
+            images: DefaultImages::default(),
         }
     }
 }
@@ -126,6 +161,11 @@ impl From<&Args> for Settings {
                 ..crate::LeaseSettings::default()
             }),
             identity,
+            images: DefaultImages {
+                bridge: args.bridge_image.clone(),
+                worker: args.worker_image.clone(),
+                nats_server: args.nats_image.clone(),
+            },
             ..Self::default()
         }
     }
