@@ -8,7 +8,10 @@
 //!    already stored is a duplicate absorbed;
 //! 3. the `cdr` rows of the calls that gained a record, recomputed from *all* their records by one
 //!    aggregate query implementing [`contract::merge`](crate::contract::merge) (same rules, same
-//!    tie-breaks), `INSERT ... ON CONFLICT (call_id) DO UPDATE`.
+//!    tie-breaks), `INSERT ... ON CONFLICT (call_id) DO UPDATE`;
+//! 4. with rating on, those calls rated and their ledger settled: see
+//!    [`rating`](crate::worker::rating) (the model and the rules) and
+//!    [`rating::sql`](crate::worker::rating::sql) (the three statements).
 //!
 //! A call whose records were all present already needs no recompute: whoever stored them
 //! recomputed the row in the same transaction.
@@ -23,6 +26,8 @@ use sqlx::{Postgres, Row, Transaction};
 
 use crate::contract::merge::{Disposition, MergedCdr, priority};
 use crate::contract::record::AccRecord;
+use crate::worker::rating::RatingConfig;
+use crate::worker::rating::sql::{RatingOutcome, rate_and_settle};
 
 /// The embedded migrations of `workloads/migrations`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -92,7 +97,7 @@ pub struct RecordRow {
 }
 
 /// What writing a batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Records newly stored.
     pub inserted: u64,
@@ -100,12 +105,15 @@ pub struct WriteOutcome {
     pub duplicates: u64,
     /// `cdr` rows recomputed.
     pub cdrs_updated: u64,
+    /// What rating did (empty with rating off).
+    pub rating: RatingOutcome,
 }
 
 /// The database of CDRs.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    rating: RatingConfig,
 }
 
 /// Takes the per-call locks, in ascending key order (see the module doc).
@@ -128,18 +136,21 @@ RETURNING call_id";
 /// Recomputes the `cdr` rows of calls `$1` from all their records: the rules of
 /// `contract::merge`, as its module doc states them in SQL.
 const RECOMPUTE_CDRS: &str = r#"
-INSERT INTO cdr AS d (call_id, start_time, end_time, duration_ms, disposition, sip_code,
-                      sip_reason, from_tag, to_tag, src_user, dst_user, source_node, extras,
-                      record_count, updated_at)
-SELECT a.call_id, a.start_time, a.end_time,
-       CASE WHEN a.end_time >= a.start_time
-            THEN floor((extract(epoch FROM a.end_time) - extract(epoch FROM a.start_time))
+INSERT INTO cdr AS d (call_id, setup_time, answer_time, end_time, duration_ms, disposition,
+                      sip_code, sip_reason, from_tag, to_tag, src_user, dst_user, source_node,
+                      extras, record_count, updated_at)
+SELECT a.call_id, a.setup_time, a.answer_time, a.end_time,
+       CASE WHEN a.disposition <> 'answered' THEN 0
+            WHEN a.end_time >= a.answer_time
+            THEN floor((extract(epoch FROM a.end_time) - extract(epoch FROM a.answer_time))
                        * 1000)::bigint
        END,
        a.disposition, p.sip_code, p.sip_reason, p.from_tag, p.to_tag, p.src_user, p.dst_user,
        p.source_node, p.extras, a.record_count, now()
   FROM (SELECT call_id,
-               min(event_time) FILTER (WHERE kind = 'answered_invite') AS start_time,
+               min(event_time) FILTER (WHERE kind IN ('answered_invite', 'failed_invite',
+                                                      'cancelled_invite')) AS setup_time,
+               min(event_time) FILTER (WHERE kind = 'answered_invite') AS answer_time,
                max(event_time) FILTER (WHERE kind = 'bye')             AS end_time,
                CASE WHEN bool_or(kind IN ('answered_invite', 'bye')) THEN 'answered'
                     WHEN bool_or(kind = 'cancelled_invite')           THEN 'cancelled'
@@ -158,25 +169,27 @@ SELECT a.call_id, a.start_time, a.end_time,
                  r.msg_id COLLATE "C"
         LIMIT 1) AS p
     ON CONFLICT (call_id) DO UPDATE SET
-       start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
-       duration_ms = EXCLUDED.duration_ms, disposition = EXCLUDED.disposition,
+       setup_time = EXCLUDED.setup_time, answer_time = EXCLUDED.answer_time,
+       end_time = EXCLUDED.end_time, duration_ms = EXCLUDED.duration_ms,
+       disposition = EXCLUDED.disposition,
        sip_code = EXCLUDED.sip_code, sip_reason = EXCLUDED.sip_reason,
        from_tag = EXCLUDED.from_tag, to_tag = EXCLUDED.to_tag, src_user = EXCLUDED.src_user,
        dst_user = EXCLUDED.dst_user, source_node = EXCLUDED.source_node,
        extras = EXCLUDED.extras, record_count = EXCLUDED.record_count,
        updated_at = EXCLUDED.updated_at
- WHERE (d.start_time, d.end_time, d.duration_ms, d.disposition, d.sip_code, d.sip_reason,
-        d.from_tag, d.to_tag, d.src_user, d.dst_user, d.source_node, d.extras, d.record_count)
+ WHERE (d.setup_time, d.answer_time, d.end_time, d.duration_ms, d.disposition, d.sip_code,
+        d.sip_reason, d.from_tag, d.to_tag, d.src_user, d.dst_user, d.source_node, d.extras,
+        d.record_count)
        IS DISTINCT FROM
-       (EXCLUDED.start_time, EXCLUDED.end_time, EXCLUDED.duration_ms, EXCLUDED.disposition,
-        EXCLUDED.sip_code, EXCLUDED.sip_reason, EXCLUDED.from_tag, EXCLUDED.to_tag,
-        EXCLUDED.src_user, EXCLUDED.dst_user, EXCLUDED.source_node, EXCLUDED.extras,
-        EXCLUDED.record_count)"#;
+       (EXCLUDED.setup_time, EXCLUDED.answer_time, EXCLUDED.end_time, EXCLUDED.duration_ms,
+        EXCLUDED.disposition, EXCLUDED.sip_code, EXCLUDED.sip_reason, EXCLUDED.from_tag,
+        EXCLUDED.to_tag, EXCLUDED.src_user, EXCLUDED.dst_user, EXCLUDED.source_node,
+        EXCLUDED.extras, EXCLUDED.record_count)"#;
 
 /// Columns of a `cdr` row as [`Store::load_cdr`] reads them.
 macro_rules! select_cdr {
     () => {
-        "SELECT call_id, start_time, end_time, duration_ms, disposition, sip_code, sip_reason,
+        "SELECT call_id, setup_time, answer_time, end_time, duration_ms, disposition, sip_code, sip_reason,
                 from_tag, to_tag, src_user, dst_user, extras::text AS extras, record_count
            FROM cdr"
     };
@@ -196,12 +209,26 @@ impl Store {
             .max_connections(max_connections.max(1))
             .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
-    /// Wraps an existing pool.
+    /// Wraps an existing pool (rating on, with the default settings).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            rating: RatingConfig::default(),
+        }
+    }
+
+    /// The same store, rating with `rating` (or not, when it is disabled).
+    pub fn with_rating(mut self, rating: RatingConfig) -> Self {
+        self.rating = rating;
+        self
+    }
+
+    /// How the store rates.
+    pub fn rating(&self) -> &RatingConfig {
+        &self.rating
     }
 
     /// The pool.
@@ -231,7 +258,7 @@ impl Store {
             });
         }
         let mut tx = self.pool.begin().await.map_err(StoreError::Query)?;
-        let outcome = write_in(&mut tx, &distinct).await?;
+        let outcome = write_in(&mut tx, &distinct, &self.rating).await?;
         tx.commit().await.map_err(StoreError::Query)?;
         Ok(WriteOutcome {
             duplicates: outcome.duplicates + repeated,
@@ -268,10 +295,11 @@ impl Store {
     }
 }
 
-/// Steps 1 to 3 of the module doc, inside `tx`; `rows` have distinct msg ids.
+/// Steps 1 to 4 of the module doc, inside `tx`; `rows` have distinct msg ids.
 async fn write_in(
     tx: &mut Transaction<'static, Postgres>,
     rows: &[&RecordRow],
+    rating: &RatingConfig,
 ) -> Result<WriteOutcome, StoreError> {
     let call_ids: BTreeSet<&str> = rows.iter().map(|row| row.record.call_id.as_str()).collect();
     let call_ids: Vec<&str> = call_ids.into_iter().collect();
@@ -314,11 +342,17 @@ async fn write_in(
             .map_err(StoreError::Query)?
             .rows_affected()
     };
+    let rating = if rating.enabled && !changed.is_empty() {
+        rate_and_settle(tx, &changed, rating).await?
+    } else {
+        RatingOutcome::default()
+    };
     let inserted = inserted.len() as u64;
     Ok(WriteOutcome {
         inserted,
         duplicates: rows.len() as u64 - inserted,
         cdrs_updated,
+        rating,
     })
 }
 
@@ -411,7 +445,8 @@ fn cdr_from_row(row: &sqlx::postgres::PgRow) -> Result<MergedCdr, StoreError> {
     let record_count: i32 = row.try_get("record_count").map_err(StoreError::Query)?;
     Ok(MergedCdr {
         call_id: row.try_get("call_id").map_err(StoreError::Query)?,
-        start_time: row.try_get("start_time").map_err(StoreError::Query)?,
+        setup_time: row.try_get("setup_time").map_err(StoreError::Query)?,
+        answer_time: row.try_get("answer_time").map_err(StoreError::Query)?,
         end_time: row.try_get("end_time").map_err(StoreError::Query)?,
         duration_ms: row.try_get("duration_ms").map_err(StoreError::Query)?,
         disposition,

@@ -1,0 +1,447 @@
+//! The rules of [`rate`](super::rate) and [`settle`](super::settle) in SQL, run by the store in
+//! the transaction of a batch, after the calls' `cdr` rows are recomputed and under their
+//! advisory locks:
+//! 1. [`RATE_CDRS`] rates the calls and stores the outcome on their `cdr` rows;
+//! 2. [`LOCK_ACCOUNTS`] locks every account the settlement may touch, in id order (two workers
+//!    settling calls of the same accounts wait for each other instead of deadlocking);
+//! 3. [`SETTLE`] books, per call, the difference between its target and its ledger entries, and
+//!    moves the balances by it; it returns the money moved per currency for the metrics.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use rust_decimal::prelude::ToPrimitive;
+use sqlx::postgres::PgPool;
+use sqlx::{Postgres, Row, Transaction};
+
+use super::{
+    Account, Charge, LedgerEntry, Rate, RatePlan, Rating, RatingConfig, Tariffs, UnratedReason,
+};
+use crate::worker::store::StoreError;
+
+/// Rates calls `$1` (account key `$2`, default country code `$3`, `''` for none) and updates
+/// the rating columns of the rows whose outcome changed; returns their status and reason.
+pub const RATE_CDRS: &str = r#"
+WITH c AS (
+  SELECT d.call_id, d.disposition, d.duration_ms,
+         CASE WHEN d.disposition = 'answered' THEN d.answer_time ELSE d.setup_time END AS at,
+         CASE WHEN jsonb_typeof(d.extras -> $2::text) = 'string' AND (d.extras ->> $2::text) <> ''
+              THEN d.extras ->> $2::text END AS caller,
+         d.dst_user
+    FROM cdr AS d
+   WHERE d.call_id = ANY($1::text[])
+), n AS (
+  SELECT c.*, regexp_replace(c.dst_user, '[ .()-]', '', 'g') AS digits FROM c
+), e AS (
+  SELECT n.*,
+         CASE WHEN n.digits LIKE '+%'  THEN substr(n.digits, 2)
+              WHEN n.digits LIKE '00%' THEN substr(n.digits, 3)
+              WHEN n.digits LIKE '0%'  THEN CASE WHEN $3::text <> '' THEN $3::text || substr(n.digits, 2) END
+              ELSE n.digits END AS number
+    FROM n
+), r AS (
+  SELECT e.call_id, e.disposition, e.duration_ms, e.at, e.caller,
+         CASE WHEN e.number ~ '^[1-9][0-9]{0,14}$' THEN e.number END AS number,
+         a.id AS account_id, a.currency AS account_currency,
+         p.id AS plan_id, p.currency AS plan_currency
+    FROM e
+    LEFT JOIN account AS a ON a.id = e.caller
+    LEFT JOIN rate_plan AS p ON p.id = a.rate_plan_id
+), t AS (
+  SELECT r.*, x.prefix, x.valid_from, x.price_per_minute, x.connection_fee, x.setup_fee,
+         x.initial_increment, x.subsequent_increment, x.min_billable,
+         (r.duration_ms + 999) / 1000 AS seconds
+    FROM r
+    LEFT JOIN LATERAL (
+          SELECT q.* FROM rate AS q
+           WHERE q.plan_id = r.plan_id AND r.number IS NOT NULL
+             AND r.disposition <> 'unknown' AND r.duration_ms IS NOT NULL
+             AND q.prefix IN (SELECT left(r.number, k) FROM generate_series(0, length(r.number)) AS k)
+             AND q.valid_from <= r.at AND (q.valid_to IS NULL OR r.at < q.valid_to)
+           ORDER BY length(q.prefix) DESC, q.valid_from DESC
+           LIMIT 1) AS x ON true
+), b AS (
+  SELECT t.*,
+         CASE WHEN t.disposition <> 'answered' THEN 0::bigint
+              ELSE greatest(
+                     CASE WHEN t.seconds = 0 THEN 0
+                          WHEN t.seconds <= t.initial_increment THEN t.initial_increment
+                          ELSE t.initial_increment
+                               + ((t.seconds - t.initial_increment + t.subsequent_increment - 1)
+                                  / t.subsequent_increment) * t.subsequent_increment
+                     END,
+                     t.min_billable)
+         END AS billable
+    FROM t
+), o AS (
+  SELECT b.*,
+         CASE WHEN b.disposition = 'unknown'                               THEN 'unknown_disposition'
+              WHEN b.duration_ms IS NULL OR b.at IS NULL                   THEN 'incomplete'
+              WHEN b.caller IS NULL                                        THEN 'no_caller'
+              WHEN b.account_id IS NULL                                    THEN 'unknown_account'
+              WHEN b.plan_id IS NULL                                       THEN 'no_plan'
+              WHEN b.plan_currency <> b.account_currency                   THEN 'currency_mismatch'
+              WHEN b.number IS NULL                                        THEN 'bad_destination'
+              WHEN b.prefix IS NULL                                        THEN 'no_rate'
+              WHEN b.billable > 2147483647                                 THEN 'out_of_range'
+         END AS reason
+    FROM b
+), v AS (
+  SELECT o.call_id, o.reason, o.caller,
+         CASE WHEN o.reason IS NULL THEN 'rated' ELSE 'unrated' END AS status,
+         CASE WHEN o.reason IS NULL THEN o.plan_id END AS plan_id,
+         CASE WHEN o.reason IS NULL THEN o.prefix END AS prefix,
+         CASE WHEN o.reason IS NULL THEN o.valid_from END AS valid_from,
+         CASE WHEN o.reason IS NULL THEN o.billable::int4 END AS billable,
+         CASE WHEN o.reason IS NULL THEN o.plan_currency END AS currency,
+         CASE WHEN o.reason IS NOT NULL THEN NULL
+              WHEN o.disposition <> 'answered' THEN o.setup_fee
+              ELSE o.connection_fee
+                   + div(o.price_per_minute * 1000000 * o.billable + 3000, 6000) * 0.0001
+         END::numeric(20,4) AS charge
+    FROM o
+)
+UPDATE cdr AS d
+   SET rating_status = v.status, unrated_reason = v.reason, account_id = v.caller,
+       rate_plan_id = v.plan_id, rate_prefix = v.prefix, rate_valid_from = v.valid_from,
+       billable_seconds = v.billable, charge = v.charge, currency = v.currency, rated_at = now()
+  FROM v
+ WHERE d.call_id = v.call_id
+   AND (d.rating_status, d.unrated_reason, d.account_id, d.rate_plan_id, d.rate_prefix,
+        d.rate_valid_from, d.billable_seconds, d.charge, d.currency)
+       IS DISTINCT FROM
+       (v.status, v.reason, v.caller, v.plan_id, v.prefix, v.valid_from, v.billable, v.charge,
+        v.currency)
+RETURNING d.rating_status, d.unrated_reason"#;
+
+/// Locks, in id order, every account that calls `$1` are charged to or have entries on.
+pub const LOCK_ACCOUNTS: &str = "\
+SELECT a.id FROM account AS a
+ WHERE a.id IN (SELECT d.account_id FROM cdr AS d
+                 WHERE d.call_id = ANY($1::text[]) AND d.rating_status = 'rated'
+                UNION
+                SELECT l.account_id FROM ledger_entry AS l WHERE l.call_id = ANY($1::text[]))
+ ORDER BY a.id COLLATE \"C\"
+   FOR UPDATE";
+
+/// Books the differences between the targets of calls `$1` and their ledger entries, moves the
+/// balances by them, and returns per currency: money debited, money credited (both >= 0), and
+/// prepaid accounts that reached zero.
+pub const SETTLE: &str = r#"
+WITH target AS (
+  SELECT call_id, account_id, currency, charge AS amount FROM cdr
+   WHERE call_id = ANY($1::text[]) AND rating_status = 'rated' AND charge <> 0
+), booked AS (
+  SELECT call_id, account_id, currency, sum(amount) AS amount FROM ledger_entry
+   WHERE call_id = ANY($1::text[])
+   GROUP BY call_id, account_id, currency
+), last AS (
+  SELECT call_id, max(seq) AS seq FROM ledger_entry
+   WHERE call_id = ANY($1::text[])
+   GROUP BY call_id
+), delta AS (
+  SELECT call_id, account_id, currency,
+         coalesce(t.amount, 0) - coalesce(k.amount, 0) AS amount
+    FROM target AS t FULL JOIN booked AS k USING (call_id, account_id, currency)
+   WHERE coalesce(t.amount, 0) <> coalesce(k.amount, 0)
+), ins AS (
+  INSERT INTO ledger_entry (call_id, seq, account_id, currency, amount)
+  SELECT d.call_id,
+         coalesce(l.seq, 0) + row_number() OVER (PARTITION BY d.call_id
+                                                 ORDER BY d.amount, d.account_id COLLATE "C",
+                                                          d.currency COLLATE "C"),
+         d.account_id, d.currency, d.amount
+    FROM delta AS d LEFT JOIN last AS l USING (call_id)
+  RETURNING account_id, currency, amount
+), per_account AS (
+  SELECT account_id, sum(amount) AS amount FROM ins GROUP BY account_id
+), moved AS (
+  UPDATE account AS a SET balance = a.balance - p.amount, updated_at = now()
+    FROM per_account AS p
+   WHERE a.id = p.account_id
+  RETURNING a.currency, a.prepaid, a.balance + p.amount AS before, a.balance AS after
+), money AS (
+  SELECT currency,
+         coalesce(sum(amount) FILTER (WHERE amount > 0), 0) AS debited,
+         coalesce(-sum(amount) FILTER (WHERE amount < 0), 0) AS credited
+    FROM ins GROUP BY currency
+), exhausted AS (
+  SELECT currency, count(*) AS accounts FROM moved
+   WHERE prepaid AND before > 0 AND after <= 0
+   GROUP BY currency
+)
+SELECT coalesce(m.currency, x.currency) AS currency,
+       coalesce(m.debited, 0) AS debited, coalesce(m.credited, 0) AS credited,
+       coalesce(x.accounts, 0) AS exhausted
+  FROM money AS m FULL JOIN exhausted AS x USING (currency)"#;
+
+/// Money moved in one currency by a settlement.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Sum of the debits booked (>= 0).
+    pub debited: Decimal,
+    /// Sum of the credits booked, as a positive amount (>= 0).
+    pub credited: Decimal,
+    /// Prepaid accounts whose balance crossed to zero or below.
+    pub exhausted: u64,
+}
+
+/// What rating a batch did, for the metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RatingOutcome {
+    /// CDRs whose rating changed to rated (or to another charge).
+    pub rated: u64,
+    /// CDRs whose rating changed to unrated, by reason.
+    pub unrated: BTreeMap<UnratedReason, u64>,
+    /// Money moved, by currency.
+    pub moved: BTreeMap<String, Moved>,
+}
+
+impl RatingOutcome {
+    /// Debited money by currency as floats, for counters only.
+    pub fn debited_f64(&self) -> impl Iterator<Item = (&str, f64, f64)> {
+        self.moved.iter().map(|(currency, moved)| {
+            (
+                currency.as_str(),
+                moved.debited.to_f64().unwrap_or(0.0),
+                moved.credited.to_f64().unwrap_or(0.0),
+            )
+        })
+    }
+
+    /// Prepaid accounts that reached zero.
+    pub fn exhausted(&self) -> u64 {
+        self.moved.values().map(|moved| moved.exhausted).sum()
+    }
+}
+
+/// Rates and settles `call_ids` inside `tx` (steps 1 to 3 of the module doc).
+pub async fn rate_and_settle(
+    tx: &mut Transaction<'static, Postgres>,
+    call_ids: &[String],
+    config: &RatingConfig,
+) -> Result<RatingOutcome, StoreError> {
+    let mut outcome = RatingOutcome::default();
+    let changed = sqlx::query(RATE_CDRS)
+        .bind(call_ids)
+        .bind(&config.account_key)
+        .bind(config.default_country_code.as_deref().unwrap_or(""))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::Query)?;
+    for row in &changed {
+        let reason: Option<String> = row.try_get("unrated_reason").map_err(StoreError::Query)?;
+        match reason.as_deref().map(UnratedReason::from_name) {
+            None => outcome.rated += 1,
+            Some(Some(reason)) => *outcome.unrated.entry(reason).or_default() += 1,
+            Some(None) => {
+                return Err(StoreError::BadRow(format!("unrated reason {reason:?}")));
+            }
+        }
+    }
+    sqlx::query(LOCK_ACCOUNTS)
+        .bind(call_ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::Query)?;
+    let moved = sqlx::query(SETTLE)
+        .bind(call_ids)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(StoreError::Query)?;
+    for row in &moved {
+        let get = |name: &str| -> Result<Decimal, StoreError> {
+            row.try_get(name).map_err(StoreError::Query)
+        };
+        let currency: String = row.try_get("currency").map_err(StoreError::Query)?;
+        let exhausted: i64 = row.try_get("exhausted").map_err(StoreError::Query)?;
+        outcome.moved.insert(
+            currency,
+            Moved {
+                debited: get("debited")?,
+                credited: get("credited")?,
+                exhausted: u64::try_from(exhausted).unwrap_or(0),
+            },
+        );
+    }
+    Ok(outcome)
+}
+
+/// The rating stored on every `cdr` row that has one (`rating_status` set), by call id.
+pub async fn load_ratings(pool: &PgPool) -> Result<BTreeMap<String, Rating>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT call_id, rating_status, unrated_reason, account_id, rate_plan_id, rate_prefix,
+                rate_valid_from, billable_seconds, charge, currency
+           FROM cdr WHERE rating_status IS NOT NULL",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::Query)?;
+    let mut ratings = BTreeMap::new();
+    for row in &rows {
+        let get_text = |name: &str| -> Result<Option<String>, StoreError> {
+            row.try_get(name).map_err(StoreError::Query)
+        };
+        let call_id: String = row.try_get("call_id").map_err(StoreError::Query)?;
+        let rating = match get_text("unrated_reason")? {
+            Some(reason) => Rating::Unrated {
+                reason: UnratedReason::from_name(&reason)
+                    .ok_or_else(|| StoreError::BadRow(format!("unrated reason {reason:?}")))?,
+                account_id: get_text("account_id")?,
+            },
+            None => {
+                let need = |name: &str| -> Result<String, StoreError> {
+                    get_text(name)?
+                        .ok_or_else(|| StoreError::BadRow(format!("rated CDR without {name}")))
+                };
+                let billable: Option<i32> =
+                    row.try_get("billable_seconds").map_err(StoreError::Query)?;
+                let valid_from: Option<DateTime<Utc>> =
+                    row.try_get("rate_valid_from").map_err(StoreError::Query)?;
+                let amount: Option<Decimal> = row.try_get("charge").map_err(StoreError::Query)?;
+                Rating::Rated(Charge {
+                    account_id: need("account_id")?,
+                    rate_plan_id: need("rate_plan_id")?,
+                    currency: need("currency")?,
+                    rate_prefix: need("rate_prefix")?,
+                    rate_valid_from: valid_from
+                        .ok_or_else(|| StoreError::BadRow("rated CDR without rate".into()))?,
+                    billable_seconds: i64::from(billable.unwrap_or(0)),
+                    amount: amount
+                        .ok_or_else(|| StoreError::BadRow("rated CDR without charge".into()))?,
+                })
+            }
+        };
+        ratings.insert(call_id, rating);
+    }
+    Ok(ratings)
+}
+
+/// Every ledger entry, by call id, in `seq` order.
+pub async fn load_ledger(pool: &PgPool) -> Result<BTreeMap<String, Vec<LedgerEntry>>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT call_id, account_id, currency, amount FROM ledger_entry ORDER BY call_id, seq",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::Query)?;
+    let mut ledger: BTreeMap<String, Vec<LedgerEntry>> = BTreeMap::new();
+    for row in &rows {
+        let call_id: String = row.try_get("call_id").map_err(StoreError::Query)?;
+        ledger.entry(call_id).or_default().push(LedgerEntry {
+            account_id: row.try_get("account_id").map_err(StoreError::Query)?,
+            currency: row.try_get("currency").map_err(StoreError::Query)?,
+            amount: row.try_get("amount").map_err(StoreError::Query)?,
+        });
+    }
+    Ok(ledger)
+}
+
+/// The tariff tables and balances as they stand.
+pub async fn load_tariffs(pool: &PgPool) -> Result<Tariffs, StoreError> {
+    let mut tariffs = Tariffs::default();
+    let plans = sqlx::query("SELECT id, currency FROM rate_plan")
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::Query)?;
+    for row in &plans {
+        let plan = RatePlan {
+            id: row.try_get("id").map_err(StoreError::Query)?,
+            currency: row.try_get("currency").map_err(StoreError::Query)?,
+        };
+        tariffs.plans.insert(plan.id.clone(), plan);
+    }
+    let accounts = sqlx::query("SELECT id, currency, rate_plan_id, balance, prepaid FROM account")
+        .fetch_all(pool)
+        .await
+        .map_err(StoreError::Query)?;
+    for row in &accounts {
+        let account = Account {
+            id: row.try_get("id").map_err(StoreError::Query)?,
+            currency: row.try_get("currency").map_err(StoreError::Query)?,
+            rate_plan_id: row.try_get("rate_plan_id").map_err(StoreError::Query)?,
+            balance: row.try_get("balance").map_err(StoreError::Query)?,
+            prepaid: row.try_get("prepaid").map_err(StoreError::Query)?,
+        };
+        tariffs.accounts.insert(account.id.clone(), account);
+    }
+    let rates = sqlx::query(
+        "SELECT plan_id, prefix, valid_from, valid_to, price_per_minute, connection_fee, setup_fee,
+                initial_increment, subsequent_increment, min_billable
+           FROM rate ORDER BY plan_id, prefix, valid_from",
+    )
+    .fetch_all(pool)
+    .await
+    .map_err(StoreError::Query)?;
+    for row in &rates {
+        let get = |name: &str| -> Result<Decimal, StoreError> {
+            row.try_get(name).map_err(StoreError::Query)
+        };
+        let int = |name: &str| -> Result<i32, StoreError> {
+            row.try_get(name).map_err(StoreError::Query)
+        };
+        tariffs.rates.push(Rate {
+            plan_id: row.try_get("plan_id").map_err(StoreError::Query)?,
+            prefix: row.try_get("prefix").map_err(StoreError::Query)?,
+            valid_from: row.try_get("valid_from").map_err(StoreError::Query)?,
+            valid_to: row.try_get("valid_to").map_err(StoreError::Query)?,
+            price_per_minute: get("price_per_minute")?,
+            connection_fee: get("connection_fee")?,
+            setup_fee: get("setup_fee")?,
+            initial_increment: int("initial_increment")?,
+            subsequent_increment: int("subsequent_increment")?,
+            min_billable: int("min_billable")?,
+        });
+    }
+    Ok(tariffs)
+}
+
+/// Inserts `tariffs` (plans, then rates, then accounts with their balances).
+pub async fn insert_tariffs(pool: &PgPool, tariffs: &Tariffs) -> Result<(), StoreError> {
+    let mut tx = pool.begin().await.map_err(StoreError::Query)?;
+    for plan in tariffs.plans.values() {
+        sqlx::query("INSERT INTO rate_plan (id, currency) VALUES ($1, $2)")
+            .bind(&plan.id)
+            .bind(&plan.currency)
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::Query)?;
+    }
+    for rate in &tariffs.rates {
+        sqlx::query(
+            "INSERT INTO rate (plan_id, prefix, valid_from, valid_to, price_per_minute,
+                               connection_fee, setup_fee, initial_increment,
+                               subsequent_increment, min_billable)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&rate.plan_id)
+        .bind(&rate.prefix)
+        .bind(rate.valid_from)
+        .bind(rate.valid_to)
+        .bind(rate.price_per_minute)
+        .bind(rate.connection_fee)
+        .bind(rate.setup_fee)
+        .bind(rate.initial_increment)
+        .bind(rate.subsequent_increment)
+        .bind(rate.min_billable)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::Query)?;
+    }
+    for account in tariffs.accounts.values() {
+        sqlx::query(
+            "INSERT INTO account (id, currency, rate_plan_id, balance, prepaid)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(&account.id)
+        .bind(&account.currency)
+        .bind(&account.rate_plan_id)
+        .bind(account.balance)
+        .bind(account.prepaid)
+        .execute(&mut *tx)
+        .await
+        .map_err(StoreError::Query)?;
+    }
+    tx.commit().await.map_err(StoreError::Query)
+}
