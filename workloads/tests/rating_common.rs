@@ -1,5 +1,5 @@
-//! Shared fixtures of the rating tests (included with `#[path]` next to `worker_common.rs` as
-//! `common`; also built as an empty test binary of its own): tariffs exercising every rule,
+//! Shared fixtures of the rating tests (included with `#[path]`; it includes `worker_common.rs`
+//! as its `common`; also built as an empty test binary of its own): tariffs exercising every rule,
 //! acc_json calls of every shape billed against them, and the check that what PostgreSQL holds
 //! (CDR ratings, ledger, balances) is what the pure Rust rules give for the same records.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
@@ -17,7 +17,10 @@ use nats_cdr_workloads::worker::rating::{
 use rust_decimal::Decimal;
 use serde_json::json;
 
-use crate::common::{Line, Rng};
+#[path = "worker_common.rs"]
+pub mod common;
+
+use common::{Line, Rng};
 
 /// First call time of the generated calls.
 pub const T0: i64 = 1_700_000_000;
@@ -154,7 +157,7 @@ pub fn billing_lines(prefix: &str, calls: usize, seed: u64, offset_s: i64) -> Ve
             })
         };
         match rng.below(9) {
-            0 | 1 | 2 => {
+            0..=2 => {
                 push(acc(&call, "INVITE", 200, t, caller, dst));
                 push(acc(&call, "BYE", 200, t + duration, caller, dst));
             }

@@ -4,19 +4,17 @@
 //! exact balances; the tariff guards; and the migration that gives existing CDRs their times.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "worker_common.rs"]
-mod common;
 #[path = "rating_common.rs"]
 mod rating_common;
 
 use std::time::Duration;
 
-use common::{Line, Rng, assert_same, expected, scenario};
 use nats_cdr_testsupport::Postgres;
 use nats_cdr_workloads::contract::record::parse_line;
 use nats_cdr_workloads::worker::rating::RatingConfig;
 use nats_cdr_workloads::worker::rating::sql::insert_tariffs;
 use nats_cdr_workloads::worker::{RecordRow, Store};
+use rating_common::common::{self, Line, Rng, assert_same, expected, scenario};
 use rating_common::{assert_billing, billing_lines, dec, tariffs};
 use rust_decimal::Decimal;
 
