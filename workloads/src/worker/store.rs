@@ -17,6 +17,7 @@
 //! recomputed the row in the same transaction.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -27,7 +28,7 @@ use sqlx::{Postgres, Row, Transaction};
 use crate::contract::merge::{Disposition, MergedCdr, priority};
 use crate::contract::record::AccRecord;
 use crate::worker::rating::RatingConfig;
-use crate::worker::rating::sql::{RatingOutcome, rate_and_settle};
+use crate::worker::rating::sql::{RATING_COLUMNS, RATING_CTES, RatingOutcome, settle_calls};
 
 /// The embedded migrations of `workloads/migrations`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -133,20 +134,17 @@ SELECT m, c, k, p, t, me, ft, tt, sc, sr, su, du, e::jsonb, sn, sq
     ON CONFLICT (msg_id) DO NOTHING
 RETURNING call_id";
 
-/// Recomputes the `cdr` rows of calls `$1` from all their records: the rules of
-/// `contract::merge`, as its module doc states them in SQL.
-const RECOMPUTE_CDRS: &str = r#"
-INSERT INTO cdr AS d (call_id, setup_time, answer_time, end_time, duration_ms, disposition,
-                      sip_code, sip_reason, from_tag, to_tag, src_user, dst_user, source_node,
-                      extras, record_count, updated_at)
+/// The merged CDRs of calls `$1`, computed from all their records: the rules of
+/// `contract::merge`, as its module doc states them in SQL. Its columns are [`CDR_COLUMNS`].
+const MERGED_CDRS: &str = r#"
 SELECT a.call_id, a.setup_time, a.answer_time, a.end_time,
        CASE WHEN a.disposition <> 'answered' THEN 0
             WHEN a.end_time >= a.answer_time
             THEN floor((extract(epoch FROM a.end_time) - extract(epoch FROM a.answer_time))
                        * 1000)::bigint
-       END,
+       END AS duration_ms,
        a.disposition, p.sip_code, p.sip_reason, p.from_tag, p.to_tag, p.src_user, p.dst_user,
-       p.source_node, p.extras, a.record_count, now()
+       p.source_node, p.extras, a.record_count
   FROM (SELECT call_id,
                min(event_time) FILTER (WHERE kind IN ('answered_invite', 'failed_invite',
                                                       'cancelled_invite')) AS setup_time,
@@ -167,24 +165,95 @@ SELECT a.call_id, a.setup_time, a.answer_time, a.end_time,
                  CASE WHEN r.priority = 1 THEN -extract(epoch FROM r.event_time)
                       ELSE extract(epoch FROM r.event_time) END,
                  r.msg_id COLLATE "C"
-        LIMIT 1) AS p
-    ON CONFLICT (call_id) DO UPDATE SET
-       setup_time = EXCLUDED.setup_time, answer_time = EXCLUDED.answer_time,
-       end_time = EXCLUDED.end_time, duration_ms = EXCLUDED.duration_ms,
-       disposition = EXCLUDED.disposition,
-       sip_code = EXCLUDED.sip_code, sip_reason = EXCLUDED.sip_reason,
-       from_tag = EXCLUDED.from_tag, to_tag = EXCLUDED.to_tag, src_user = EXCLUDED.src_user,
-       dst_user = EXCLUDED.dst_user, source_node = EXCLUDED.source_node,
-       extras = EXCLUDED.extras, record_count = EXCLUDED.record_count,
-       updated_at = EXCLUDED.updated_at
- WHERE (d.setup_time, d.answer_time, d.end_time, d.duration_ms, d.disposition, d.sip_code,
-        d.sip_reason, d.from_tag, d.to_tag, d.src_user, d.dst_user, d.source_node, d.extras,
-        d.record_count)
-       IS DISTINCT FROM
-       (EXCLUDED.setup_time, EXCLUDED.answer_time, EXCLUDED.end_time, EXCLUDED.duration_ms,
-        EXCLUDED.disposition, EXCLUDED.sip_code, EXCLUDED.sip_reason, EXCLUDED.from_tag,
-        EXCLUDED.to_tag, EXCLUDED.src_user, EXCLUDED.dst_user, EXCLUDED.source_node,
-        EXCLUDED.extras, EXCLUDED.record_count)"#;
+        LIMIT 1) AS p"#;
+
+/// The columns of [`MERGED_CDRS`], in its order.
+const CDR_COLUMNS: [&str; 15] = [
+    "call_id",
+    "setup_time",
+    "answer_time",
+    "end_time",
+    "duration_ms",
+    "disposition",
+    "sip_code",
+    "sip_reason",
+    "from_tag",
+    "to_tag",
+    "src_user",
+    "dst_user",
+    "source_node",
+    "extras",
+    "record_count",
+];
+
+/// `INSERT INTO cdr ... ON CONFLICT DO UPDATE` of `columns` from the rows of `source` (which has
+/// each of them under its name, unambiguously), updating a row only when a column changed;
+/// `rated_at` (when among them) only when a rating column changed.
+fn upsert_cdrs(source: &str, columns: &[&str]) -> String {
+    let list = columns.join(", ");
+    let set: Vec<String> = columns
+        .iter()
+        .filter(|column| **column != "call_id")
+        .map(|column| match *column {
+            "rated_at" => format!(
+                "rated_at = CASE WHEN ({old}) IS DISTINCT FROM ({new}) THEN EXCLUDED.rated_at \
+                 ELSE d.rated_at END",
+                old = prefixed("d.", RATING_COLUMNS),
+                new = prefixed("EXCLUDED.", RATING_COLUMNS),
+            ),
+            column => format!("{column} = EXCLUDED.{column}"),
+        })
+        .collect();
+    let compared: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|column| !matches!(*column, "call_id" | "rated_at"))
+        .collect();
+    format!(
+        "INSERT INTO cdr AS d ({list}, updated_at) SELECT {select}, now() FROM {source}
+            ON CONFLICT (call_id) DO UPDATE SET {set}, updated_at = EXCLUDED.updated_at
+         WHERE ({old}) IS DISTINCT FROM ({new})",
+        select = list,
+        set = set.join(", "),
+        old = prefixed("d.", &compared),
+        new = prefixed("EXCLUDED.", &compared),
+    )
+}
+
+/// `columns` joined by commas, each prefixed with `prefix`.
+fn prefixed(prefix: &str, columns: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|column| format!("{prefix}{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Recomputes the `cdr` rows of calls `$1` from all their records (rating off).
+static RECOMPUTE_CDRS: LazyLock<String> =
+    LazyLock::new(|| upsert_cdrs(&format!("({MERGED_CDRS}) AS m"), &CDR_COLUMNS));
+
+/// Recomputes the `cdr` rows of calls `$1` and rates them in the same write (account key `$2`,
+/// default country code `$3`, `''` for none): one row version per call. Returns, per row
+/// written, its rating and whether the rating changed.
+static RECOMPUTE_AND_RATE_CDRS: LazyLock<String> = LazyLock::new(|| {
+    let mut columns: Vec<&str> = CDR_COLUMNS.to_vec();
+    columns.extend_from_slice(RATING_COLUMNS);
+    columns.push("rated_at");
+    format!(
+        "WITH m AS ({MERGED_CDRS}), {RATING_CTES},
+         old AS (SELECT call_id, {old_rating} FROM cdr WHERE call_id = ANY($1::text[])),
+         up AS ({upsert} RETURNING d.call_id, {new_rating})
+         SELECT up.rating_status, up.unrated_reason,
+                ({old_cols}) IS DISTINCT FROM ({up_cols}) AS rating_changed
+           FROM up LEFT JOIN old USING (call_id)",
+        old_rating = RATING_COLUMNS.join(", "),
+        upsert = upsert_cdrs("m JOIN rated USING (call_id)", &columns),
+        new_rating = prefixed("d.", RATING_COLUMNS),
+        old_cols = prefixed("old.", RATING_COLUMNS),
+        up_cols = prefixed("up.", RATING_COLUMNS),
+    )
+});
 
 /// Columns of a `cdr` row as [`Store::load_cdr`] reads them.
 macro_rules! select_cdr {
@@ -204,7 +273,11 @@ impl Store {
         acquire_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(StoreError::InvalidUrl)?;
-        let options = options.application_name("cdr-worker");
+        // JIT compilation is for long analytical queries: for the worker's batch statements (whose
+        // estimated cost can pass the JIT threshold) it costs more than the whole statement.
+        let options = options
+            .application_name("cdr-worker")
+            .options([("jit", "off")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(acquire_timeout)
@@ -332,27 +405,34 @@ async fn write_in(
 
     let changed: BTreeSet<String> = inserted.iter().cloned().collect();
     let changed: Vec<String> = changed.into_iter().collect();
+    let mut outcome = RatingOutcome::default();
     let cdrs_updated = if changed.is_empty() {
         0
+    } else if rating.enabled {
+        let rows = sqlx::query(RECOMPUTE_AND_RATE_CDRS.as_str())
+            .bind(&changed)
+            .bind(&rating.account_key)
+            .bind(rating.default_country_code.as_deref().unwrap_or(""))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::Query)?;
+        outcome.count(&rows)?;
+        outcome.moved = settle_calls(tx, &changed).await?;
+        rows.len() as u64
     } else {
-        sqlx::query(RECOMPUTE_CDRS)
+        sqlx::query(RECOMPUTE_CDRS.as_str())
             .bind(&changed)
             .execute(&mut **tx)
             .await
             .map_err(StoreError::Query)?
             .rows_affected()
     };
-    let rating = if rating.enabled && !changed.is_empty() {
-        rate_and_settle(tx, &changed, rating).await?
-    } else {
-        RatingOutcome::default()
-    };
     let inserted = inserted.len() as u64;
     Ok(WriteOutcome {
         inserted,
         duplicates: rows.len() as u64 - inserted,
         cdrs_updated,
-        rating,
+        rating: outcome,
     })
 }
 

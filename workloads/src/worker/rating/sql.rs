@@ -1,7 +1,7 @@
 //! The rules of [`rate`](super::rate) and [`settle`](super::settle) in SQL, run by the store in
-//! the transaction of a batch, after the calls' `cdr` rows are recomputed and under their
-//! advisory locks:
-//! 1. [`RATE_CDRS`] rates the calls and stores the outcome on their `cdr` rows;
+//! the transaction of a batch, under the calls' advisory locks:
+//! 1. [`RATING_CTES`] rate the merged CDRs (`m`) of the calls; the store writes each call's
+//!    merged and rated row in one upsert (one row version per call);
 //! 2. [`LOCK_ACCOUNTS`] locks every account the settlement may touch, in id order (two workers
 //!    settling calls of the same accounts wait for each other instead of deadlocking);
 //! 3. [`SETTLE`] books, per call, the difference between its target and its ledger entries, and
@@ -12,34 +12,43 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use rust_decimal::prelude::ToPrimitive;
-use sqlx::postgres::PgPool;
+use sqlx::postgres::{PgPool, PgRow};
 use sqlx::{Postgres, Row, Transaction};
 
-use super::{
-    Account, Charge, LedgerEntry, Rate, RatePlan, Rating, RatingConfig, Tariffs, UnratedReason,
-};
+use super::{Account, Charge, LedgerEntry, Rate, RatePlan, Rating, Tariffs, UnratedReason};
 use crate::worker::store::StoreError;
 
-/// Rates calls `$1` (account key `$2`, default country code `$3`, `''` for none) and updates
-/// the rating columns of the rows whose outcome changed; returns their status and reason.
-pub const RATE_CDRS: &str = r#"
-WITH c AS (
-  SELECT d.call_id, d.disposition, d.duration_ms,
-         CASE WHEN d.disposition = 'answered' THEN d.answer_time ELSE d.setup_time END AS at,
-         CASE WHEN jsonb_typeof(d.extras -> $2::text) = 'string' AND (d.extras ->> $2::text) <> ''
-              THEN d.extras ->> $2::text END AS caller,
-         d.dst_user
-    FROM cdr AS d
-   WHERE d.call_id = ANY($1::text[])
-), n AS (
-  SELECT c.*, regexp_replace(c.dst_user, '[ .()-]', '', 'g') AS digits FROM c
+/// The rating columns of `cdr` that [`RATING_CTES`] compute (besides `rated_at`).
+pub const RATING_COLUMNS: &[&str] = &[
+    "rating_status",
+    "unrated_reason",
+    "account_id",
+    "rate_plan_id",
+    "rate_prefix",
+    "rate_valid_from",
+    "billable_seconds",
+    "charge",
+    "currency",
+];
+
+/// Common table expressions rating the merged CDRs of CTE `m` (account key `$2`, default
+/// country code `$3`, `''` for none); the last, `rated`, has `call_id`, the
+/// [`RATING_COLUMNS`] and `rated_at`.
+pub const RATING_CTES: &str = r#"
+c AS (
+  SELECT m.call_id, m.disposition, m.duration_ms,
+         CASE WHEN m.disposition = 'answered' THEN m.answer_time ELSE m.setup_time END AS at,
+         CASE WHEN jsonb_typeof(m.extras -> $2::text) = 'string' AND (m.extras ->> $2::text) <> ''
+              THEN m.extras ->> $2::text END AS caller,
+         regexp_replace(m.dst_user, '[ .()-]', '', 'g') AS digits
+    FROM m
 ), e AS (
-  SELECT n.*,
-         CASE WHEN n.digits LIKE '+%'  THEN substr(n.digits, 2)
-              WHEN n.digits LIKE '00%' THEN substr(n.digits, 3)
-              WHEN n.digits LIKE '0%'  THEN CASE WHEN $3::text <> '' THEN $3::text || substr(n.digits, 2) END
-              ELSE n.digits END AS number
-    FROM n
+  SELECT c.*,
+         CASE WHEN c.digits LIKE '+%'  THEN substr(c.digits, 2)
+              WHEN c.digits LIKE '00%' THEN substr(c.digits, 3)
+              WHEN c.digits LIKE '0%'  THEN CASE WHEN $3::text <> '' THEN $3::text || substr(c.digits, 2) END
+              ELSE c.digits END AS number
+    FROM c
 ), r AS (
   SELECT e.call_id, e.disposition, e.duration_ms, e.at, e.caller,
          CASE WHEN e.number ~ '^[1-9][0-9]{0,14}$' THEN e.number END AS number,
@@ -54,12 +63,16 @@ WITH c AS (
          (r.duration_ms + 999) / 1000 AS seconds
     FROM r
     LEFT JOIN LATERAL (
-          SELECT q.* FROM rate AS q
-           WHERE q.plan_id = r.plan_id AND r.number IS NOT NULL
-             AND r.disposition <> 'unknown' AND r.duration_ms IS NOT NULL
-             AND q.prefix IN (SELECT left(r.number, k) FROM generate_series(0, length(r.number)) AS k)
-             AND q.valid_from <= r.at AND (q.valid_to IS NULL OR r.at < q.valid_to)
-           ORDER BY length(q.prefix) DESC, q.valid_from DESC
+          -- The prefixes of the number, longest first: one index probe each.
+          SELECT q.* FROM generate_series(length(r.number), 0, -1) AS k
+           CROSS JOIN LATERAL (
+                 SELECT * FROM rate AS q
+                  WHERE q.plan_id = r.plan_id AND q.prefix = left(r.number, k)
+                    AND q.valid_from <= r.at AND (q.valid_to IS NULL OR r.at < q.valid_to)
+                  ORDER BY q.valid_from DESC
+                  LIMIT 1) AS q
+           WHERE r.number IS NOT NULL AND r.disposition <> 'unknown' AND r.duration_ms IS NOT NULL
+           ORDER BY k DESC
            LIMIT 1) AS x ON true
 ), b AS (
   SELECT t.*,
@@ -76,44 +89,35 @@ WITH c AS (
     FROM t
 ), o AS (
   SELECT b.*,
-         CASE WHEN b.disposition = 'unknown'                               THEN 'unknown_disposition'
-              WHEN b.duration_ms IS NULL OR b.at IS NULL                   THEN 'incomplete'
-              WHEN b.caller IS NULL                                        THEN 'no_caller'
-              WHEN b.account_id IS NULL                                    THEN 'unknown_account'
-              WHEN b.plan_id IS NULL                                       THEN 'no_plan'
-              WHEN b.plan_currency <> b.account_currency                   THEN 'currency_mismatch'
-              WHEN b.number IS NULL                                        THEN 'bad_destination'
-              WHEN b.prefix IS NULL                                        THEN 'no_rate'
-              WHEN b.billable > 2147483647                                 THEN 'out_of_range'
+         CASE WHEN b.disposition = 'unknown'             THEN 'unknown_disposition'
+              WHEN b.duration_ms IS NULL OR b.at IS NULL THEN 'incomplete'
+              WHEN b.caller IS NULL                      THEN 'no_caller'
+              WHEN b.account_id IS NULL                  THEN 'unknown_account'
+              WHEN b.plan_id IS NULL                     THEN 'no_plan'
+              WHEN b.plan_currency <> b.account_currency THEN 'currency_mismatch'
+              WHEN b.number IS NULL                      THEN 'bad_destination'
+              WHEN b.prefix IS NULL                      THEN 'no_rate'
+              WHEN b.billable > 2147483647               THEN 'out_of_range'
          END AS reason
     FROM b
-), v AS (
-  SELECT o.call_id, o.reason, o.caller,
-         CASE WHEN o.reason IS NULL THEN 'rated' ELSE 'unrated' END AS status,
-         CASE WHEN o.reason IS NULL THEN o.plan_id END AS plan_id,
-         CASE WHEN o.reason IS NULL THEN o.prefix END AS prefix,
-         CASE WHEN o.reason IS NULL THEN o.valid_from END AS valid_from,
-         CASE WHEN o.reason IS NULL THEN o.billable::int4 END AS billable,
-         CASE WHEN o.reason IS NULL THEN o.plan_currency END AS currency,
+), rated AS (
+  SELECT o.call_id,
+         CASE WHEN o.reason IS NULL THEN 'rated' ELSE 'unrated' END AS rating_status,
+         o.reason AS unrated_reason,
+         o.caller AS account_id,
+         CASE WHEN o.reason IS NULL THEN o.plan_id END AS rate_plan_id,
+         CASE WHEN o.reason IS NULL THEN o.prefix END AS rate_prefix,
+         CASE WHEN o.reason IS NULL THEN o.valid_from END AS rate_valid_from,
+         CASE WHEN o.reason IS NULL THEN o.billable::int4 END AS billable_seconds,
          CASE WHEN o.reason IS NOT NULL THEN NULL
               WHEN o.disposition <> 'answered' THEN o.setup_fee
               ELSE o.connection_fee
                    + div(o.price_per_minute * 1000000 * o.billable + 3000, 6000) * 0.0001
-         END::numeric(20,4) AS charge
+         END::numeric(20,4) AS charge,
+         CASE WHEN o.reason IS NULL THEN o.plan_currency END AS currency,
+         now() AS rated_at
     FROM o
-)
-UPDATE cdr AS d
-   SET rating_status = v.status, unrated_reason = v.reason, account_id = v.caller,
-       rate_plan_id = v.plan_id, rate_prefix = v.prefix, rate_valid_from = v.valid_from,
-       billable_seconds = v.billable, charge = v.charge, currency = v.currency, rated_at = now()
-  FROM v
- WHERE d.call_id = v.call_id
-   AND (d.rating_status, d.unrated_reason, d.account_id, d.rate_plan_id, d.rate_prefix,
-        d.rate_valid_from, d.billable_seconds, d.charge, d.currency)
-       IS DISTINCT FROM
-       (v.status, v.reason, v.caller, v.plan_id, v.prefix, v.valid_from, v.billable, v.charge,
-        v.currency)
-RETURNING d.rating_status, d.unrated_reason"#;
+)"#;
 
 /// Locks, in id order, every account that calls `$1` are charged to or have entries on.
 pub const LOCK_ACCOUNTS: &str = "\
@@ -216,47 +220,53 @@ impl RatingOutcome {
     }
 }
 
-/// Rates and settles `call_ids` inside `tx` (steps 1 to 3 of the module doc).
-pub async fn rate_and_settle(
-    tx: &mut Transaction<'static, Postgres>,
-    call_ids: &[String],
-    config: &RatingConfig,
-) -> Result<RatingOutcome, StoreError> {
-    let mut outcome = RatingOutcome::default();
-    let changed = sqlx::query(RATE_CDRS)
-        .bind(call_ids)
-        .bind(&config.account_key)
-        .bind(config.default_country_code.as_deref().unwrap_or(""))
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(StoreError::Query)?;
-    for row in &changed {
-        let reason: Option<String> = row.try_get("unrated_reason").map_err(StoreError::Query)?;
-        match reason.as_deref().map(UnratedReason::from_name) {
-            None => outcome.rated += 1,
-            Some(Some(reason)) => *outcome.unrated.entry(reason).or_default() += 1,
-            Some(None) => {
-                return Err(StoreError::BadRow(format!("unrated reason {reason:?}")));
+impl RatingOutcome {
+    /// Counts the rows the rating upsert returned (`rating_status`, `unrated_reason`,
+    /// `rating_changed`): the CDRs whose rating changed.
+    pub fn count(&mut self, rows: &[PgRow]) -> Result<(), StoreError> {
+        for row in rows {
+            let changed: bool = row.try_get("rating_changed").map_err(StoreError::Query)?;
+            if !changed {
+                continue;
+            }
+            let reason: Option<String> =
+                row.try_get("unrated_reason").map_err(StoreError::Query)?;
+            match reason.as_deref().map(UnratedReason::from_name) {
+                None => self.rated += 1,
+                Some(Some(reason)) => *self.unrated.entry(reason).or_default() += 1,
+                Some(None) => {
+                    return Err(StoreError::BadRow(format!("unrated reason {reason:?}")));
+                }
             }
         }
+        Ok(())
     }
+}
+
+/// Settles calls `call_ids` inside `tx`, after their rows are rated (steps 2 and 3 of the module
+/// doc); returns the money moved by currency.
+pub async fn settle_calls(
+    tx: &mut Transaction<'static, Postgres>,
+    call_ids: &[String],
+) -> Result<BTreeMap<String, Moved>, StoreError> {
     sqlx::query(LOCK_ACCOUNTS)
         .bind(call_ids)
         .fetch_all(&mut **tx)
         .await
         .map_err(StoreError::Query)?;
-    let moved = sqlx::query(SETTLE)
+    let rows = sqlx::query(SETTLE)
         .bind(call_ids)
         .fetch_all(&mut **tx)
         .await
         .map_err(StoreError::Query)?;
-    for row in &moved {
+    let mut moved = BTreeMap::new();
+    for row in &rows {
         let get = |name: &str| -> Result<Decimal, StoreError> {
             row.try_get(name).map_err(StoreError::Query)
         };
         let currency: String = row.try_get("currency").map_err(StoreError::Query)?;
         let exhausted: i64 = row.try_get("exhausted").map_err(StoreError::Query)?;
-        outcome.moved.insert(
+        moved.insert(
             currency,
             Moved {
                 debited: get("debited")?,
@@ -265,7 +275,7 @@ pub async fn rate_and_settle(
             },
         );
     }
-    Ok(outcome)
+    Ok(moved)
 }
 
 /// The rating stored on every `cdr` row that has one (`rating_status` set), by call id.
