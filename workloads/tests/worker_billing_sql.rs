@@ -160,6 +160,22 @@ async fn tariff_guards_refuse_in_place_price_edits_and_currency_changes() {
     refused("UPDATE rate SET valid_from = now() WHERE plan_id = 'std' AND prefix = '49'");
     refused("UPDATE rate_plan SET currency = 'USD' WHERE id = 'std'");
     refused("UPDATE account SET currency = 'USD' WHERE id = 'alice'");
+    // An account with ledger entries cannot go; one without can.
+    pg.psql(
+        "guards",
+        "INSERT INTO ledger_entry (call_id, seq, account_id, currency, amount)
+              VALUES ('c', 1, 'alice', 'EUR', 1)",
+    )
+    .unwrap();
+    for sql in [
+        "DELETE FROM account WHERE id = 'alice'",
+        "UPDATE account SET id = 'alicia' WHERE id = 'alice'",
+    ] {
+        let error = pg.psql("guards", sql).unwrap_err().to_string();
+        assert!(error.contains("has ledger entries"), "{sql}: {error}");
+    }
+    pg.psql("guards", "DELETE FROM account WHERE id = 'dave'")
+        .unwrap();
     // Ending a rate, describing it, topping up a balance are fine; the flag follows the balance.
     pg.psql(
         "guards",

@@ -8,10 +8,11 @@
 //!    already stored is a duplicate absorbed;
 //! 3. the `cdr` rows of the calls that gained a record, recomputed from *all* their records by one
 //!    aggregate query implementing [`contract::merge`](crate::contract::merge) (same rules, same
-//!    tie-breaks), `INSERT ... ON CONFLICT (call_id) DO UPDATE`;
-//! 4. with rating on, those calls rated and their ledger settled: see
-//!    [`rating`](crate::worker::rating) (the model and the rules) and
-//!    [`rating::sql`](crate::worker::rating::sql) (the three statements).
+//!    tie-breaks) and, with rating on, rated in the same statement
+//!    ([`rating::sql::RATING_CTES`](crate::worker::rating::sql::RATING_CTES)), so each call's row
+//!    is written once: `INSERT ... ON CONFLICT (call_id) DO UPDATE`, only when something changed;
+//! 4. with rating on, those calls' ledgers settled and their accounts' balances moved (see
+//!    [`rating`](crate::worker::rating) for the model and the rules).
 //!
 //! A call whose records were all present already needs no recompute: whoever stored them
 //! recomputed the row in the same transaction.

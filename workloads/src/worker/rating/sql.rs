@@ -49,31 +49,38 @@ c AS (
               WHEN c.digits LIKE '0%'  THEN CASE WHEN $3::text <> '' THEN $3::text || substr(c.digits, 2) END
               ELSE c.digits END AS number
     FROM c
-), r AS (
+), v AS MATERIALIZED (
+  -- Materialised: the number is computed once per call, not once per use.
   SELECT e.call_id, e.disposition, e.duration_ms, e.at, e.caller,
-         CASE WHEN e.number ~ '^[1-9][0-9]{0,14}$' THEN e.number END AS number,
+         CASE WHEN e.number ~ '^[1-9][0-9]{0,14}$' THEN e.number END AS number
+    FROM e
+), r AS (
+  SELECT v.*,
+         -- Every prefix of the number, '' included: the rates it may match.
+         ARRAY(SELECT left(v.number, k) FROM generate_series(0, length(v.number)) AS k)
+           AS prefixes,
          a.id AS account_id, a.currency AS account_currency,
          p.id AS plan_id, p.currency AS plan_currency
-    FROM e
-    LEFT JOIN account AS a ON a.id = e.caller
+    FROM v
+    LEFT JOIN account AS a ON a.id = v.caller
     LEFT JOIN rate_plan AS p ON p.id = a.rate_plan_id
+), x AS (
+  -- The rate of each call: a join of every prefix of the number with the plan's rates (one
+  -- set operation for the batch), the longest prefix first, then the latest valid_from.
+  SELECT DISTINCT ON (r.call_id)
+         r.call_id, q.prefix, q.valid_from, q.price_per_minute, q.connection_fee, q.setup_fee,
+         q.initial_increment, q.subsequent_increment, q.min_billable
+    FROM r
+   CROSS JOIN LATERAL unnest(r.prefixes) AS pf (prefix)
+    JOIN rate AS q ON q.plan_id = r.plan_id AND q.prefix = pf.prefix
+   WHERE r.number IS NOT NULL AND r.disposition <> 'unknown' AND r.duration_ms IS NOT NULL
+     AND q.valid_from <= r.at AND (q.valid_to IS NULL OR r.at < q.valid_to)
+   ORDER BY r.call_id, length(q.prefix) DESC, q.valid_from DESC
 ), t AS (
   SELECT r.*, x.prefix, x.valid_from, x.price_per_minute, x.connection_fee, x.setup_fee,
          x.initial_increment, x.subsequent_increment, x.min_billable,
          (r.duration_ms + 999) / 1000 AS seconds
-    FROM r
-    LEFT JOIN LATERAL (
-          -- The prefixes of the number, longest first: one index probe each.
-          SELECT q.* FROM generate_series(length(r.number), 0, -1) AS k
-           CROSS JOIN LATERAL (
-                 SELECT * FROM rate AS q
-                  WHERE q.plan_id = r.plan_id AND q.prefix = left(r.number, k)
-                    AND q.valid_from <= r.at AND (q.valid_to IS NULL OR r.at < q.valid_to)
-                  ORDER BY q.valid_from DESC
-                  LIMIT 1) AS q
-           WHERE r.number IS NOT NULL AND r.disposition <> 'unknown' AND r.duration_ms IS NOT NULL
-           ORDER BY k DESC
-           LIMIT 1) AS x ON true
+    FROM r LEFT JOIN x USING (call_id)
 ), b AS (
   SELECT t.*,
          CASE WHEN t.disposition <> 'answered' THEN 0::bigint
