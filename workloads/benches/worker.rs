@@ -325,6 +325,7 @@ async fn drain(
     let store = Store::connect_lazy(&worker_url, 2, Duration::from_secs(10)).unwrap();
     store.migrate().await.unwrap();
     if let Some(tariffs) = tariffs {
+        // (Analyses the tariff tables, as a billing team's load should.)
         insert_tariffs(store.pool(), tariffs).await.unwrap();
     }
     store.pool().close().await;

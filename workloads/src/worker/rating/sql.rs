@@ -55,32 +55,30 @@ c AS (
          CASE WHEN e.number ~ '^[1-9][0-9]{0,14}$' THEN e.number END AS number
     FROM e
 ), r AS (
-  SELECT v.*,
-         -- Every prefix of the number, '' included: the rates it may match.
-         ARRAY(SELECT left(v.number, k) FROM generate_series(0, length(v.number)) AS k)
-           AS prefixes,
-         a.id AS account_id, a.currency AS account_currency,
+  SELECT v.*, a.id AS account_id, a.currency AS account_currency,
          p.id AS plan_id, p.currency AS plan_currency
     FROM v
     LEFT JOIN account AS a ON a.id = v.caller
     LEFT JOIN rate_plan AS p ON p.id = a.rate_plan_id
-), x AS (
-  -- The rate of each call: a join of every prefix of the number with the plan's rates (one
-  -- set operation for the batch), the longest prefix first, then the latest valid_from.
-  SELECT DISTINCT ON (r.call_id)
-         r.call_id, q.prefix, q.valid_from, q.price_per_minute, q.connection_fee, q.setup_fee,
-         q.initial_increment, q.subsequent_increment, q.min_billable
-    FROM r
-   CROSS JOIN LATERAL unnest(r.prefixes) AS pf (prefix)
-    JOIN rate AS q ON q.plan_id = r.plan_id AND q.prefix = pf.prefix
-   WHERE r.number IS NOT NULL AND r.disposition <> 'unknown' AND r.duration_ms IS NOT NULL
-     AND q.valid_from <= r.at AND (q.valid_to IS NULL OR r.at < q.valid_to)
-   ORDER BY r.call_id, length(q.prefix) DESC, q.valid_from DESC
 ), t AS (
   SELECT r.*, x.prefix, x.valid_from, x.price_per_minute, x.connection_fee, x.setup_fee,
          x.initial_increment, x.subsequent_increment, x.min_billable,
          (r.duration_ms + 999) / 1000 AS seconds
-    FROM r LEFT JOIN x USING (call_id)
+    FROM r
+    LEFT JOIN LATERAL (
+          -- Each prefix of the number, longest first, is one probe of the rate's primary key
+          -- (plan, prefix, valid_from) for the latest row valid at the rating time: a plan the
+          -- statistics cannot turn into a scan of the whole tariff per call.
+          SELECT q.* FROM generate_series(length(r.number), 0, -1) AS k
+           CROSS JOIN LATERAL (
+                 SELECT * FROM rate AS q
+                  WHERE q.plan_id = r.plan_id AND q.prefix = left(r.number, k)
+                    AND q.valid_from <= r.at AND (q.valid_to IS NULL OR r.at < q.valid_to)
+                  ORDER BY q.valid_from DESC
+                  LIMIT 1) AS q
+           WHERE r.number IS NOT NULL AND r.disposition <> 'unknown' AND r.duration_ms IS NOT NULL
+           ORDER BY k DESC
+           LIMIT 1) AS x ON true
 ), b AS (
   SELECT t.*,
          CASE WHEN t.disposition <> 'answered' THEN 0::bigint
@@ -414,7 +412,10 @@ pub async fn load_tariffs(pool: &PgPool) -> Result<Tariffs, StoreError> {
     Ok(tariffs)
 }
 
-/// Inserts `tariffs` (plans, then rates, then accounts with their balances).
+/// Inserts `tariffs` (plans, then rates, then accounts with their balances), then has
+/// PostgreSQL analyse the three tables: the rating statement is planned from their statistics,
+/// and a freshly loaded tariff without them is priced one call at a time (tens of times slower)
+/// until autovacuum gets to it. Whoever bulk-loads tariffs should do the same.
 pub async fn insert_tariffs(pool: &PgPool, tariffs: &Tariffs) -> Result<(), StoreError> {
     let mut tx = pool.begin().await.map_err(StoreError::Query)?;
     for plan in tariffs.plans.values() {
@@ -460,5 +461,10 @@ pub async fn insert_tariffs(pool: &PgPool, tariffs: &Tariffs) -> Result<(), Stor
         .await
         .map_err(StoreError::Query)?;
     }
-    tx.commit().await.map_err(StoreError::Query)
+    tx.commit().await.map_err(StoreError::Query)?;
+    sqlx::query("ANALYZE rate_plan, rate, account")
+        .execute(pool)
+        .await
+        .map(|_| ())
+        .map_err(StoreError::Query)
 }
