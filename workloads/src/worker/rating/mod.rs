@@ -4,7 +4,7 @@
 //! The worker runs the same rules in SQL ([`sql`]), in the transaction that merges the call's
 //! records, so a CDR is never stored without its charge being booked and never charged twice.
 //! This module is the specification: the SQL is pinned to it by a test on a real PostgreSQL
-//! (`workloads/tests/worker_rating_sql.rs`), as the SQL merge is pinned to `contract::merge`.
+//! (`workloads/tests/worker_billing_sql.rs`), as the SQL merge is pinned to `contract::merge`.
 //!
 //! # The model (tables of the migration `*_rating.sql`)
 //!
