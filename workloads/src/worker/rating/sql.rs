@@ -130,7 +130,9 @@ SELECT a.id FROM account AS a
  WHERE a.id IN (SELECT d.account_id FROM cdr AS d
                  WHERE d.call_id = ANY($1::text[]) AND d.rating_status = 'rated'
                 UNION
-                SELECT l.account_id FROM ledger_entry AS l WHERE l.call_id = ANY($1::text[]))
+                SELECT l.account_id FROM unnest($1::text[]) AS c (call_id)
+                 CROSS JOIN LATERAL (SELECT e.account_id FROM ledger_entry AS e
+                                      WHERE e.call_id = c.call_id) AS l)
  ORDER BY a.id COLLATE \"C\"
    FOR UPDATE";
 
@@ -138,17 +140,20 @@ SELECT a.id FROM account AS a
 /// balances by them, and returns per currency: money debited, money credited (both >= 0), and
 /// prepaid accounts that reached zero.
 pub const SETTLE: &str = r#"
-WITH target AS (
+WITH entries AS MATERIALIZED (
+  -- The calls' entries, read once, by one primary-key probe per call (whatever the statistics
+  -- of a ledger that grows by a row per call say).
+  SELECT l.call_id, l.seq, l.account_id, l.currency, l.amount
+    FROM unnest($1::text[]) AS c (call_id)
+   CROSS JOIN LATERAL (SELECT * FROM ledger_entry AS e WHERE e.call_id = c.call_id) AS l
+), target AS (
   SELECT call_id, account_id, currency, charge AS amount FROM cdr
    WHERE call_id = ANY($1::text[]) AND rating_status = 'rated' AND charge <> 0
 ), booked AS (
-  SELECT call_id, account_id, currency, sum(amount) AS amount FROM ledger_entry
-   WHERE call_id = ANY($1::text[])
+  SELECT call_id, account_id, currency, sum(amount) AS amount FROM entries
    GROUP BY call_id, account_id, currency
 ), last AS (
-  SELECT call_id, max(seq) AS seq FROM ledger_entry
-   WHERE call_id = ANY($1::text[])
-   GROUP BY call_id
+  SELECT call_id, max(seq) AS seq FROM entries GROUP BY call_id
 ), delta AS (
   SELECT call_id, account_id, currency,
          coalesce(t.amount, 0) - coalesce(k.amount, 0) AS amount
