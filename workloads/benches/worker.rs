@@ -1,8 +1,13 @@
-//! cdr-worker throughput: CDR records/s committed by the worker binary, as a ratio of a plain
-//! `COPY` of the same rows into the same table (a fresh copy of the schema) in the same run, and
-//! the worker's peak RSS. Starts its own nats-server (`sync_interval: always`) and PostgreSQL.
+//! cdr-worker throughput: CDR records/s committed by the worker binary with rating off and with
+//! rating on (every call rated and its account debited through the ledger), each as a ratio of
+//! a plain `COPY` of the same rows into the same table (a fresh copy of the schema) in the same
+//! run, and rating on as a ratio of rating off; the worker's peak RSS. Starts its own
+//! nats-server (`sync_interval: always`) and PostgreSQL; both workers drain the same stream
+//! through their own durable consumer into their own database.
 //!
-//! `cargo bench -p nats-cdr-workloads --bench worker` (env `WORKER_BENCH_RECORDS`, default 50000)
+//! `cargo bench -p nats-cdr-workloads --bench worker` (env `WORKER_BENCH_RECORDS`, default 50000;
+//! `WORKER_BENCH_ACCOUNTS`, callers and accounts, default 1000; `WORKER_BENCH_PREFIXES`, rates of
+//! the plan, default 500)
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::{Command, Stdio};
@@ -17,23 +22,37 @@ use nats_cdr_workloads::contract::msg_id::msg_id;
 use nats_cdr_workloads::contract::record::parse_line;
 use nats_cdr_workloads::contract::subjects::{CDR_RAW, DEFAULT_STREAM_NAME, STREAM_SUBJECTS};
 use nats_cdr_workloads::worker::Store;
+use nats_cdr_workloads::worker::rating::sql::insert_tariffs;
+use nats_cdr_workloads::worker::rating::{Account, Rate, RatePlan, Tariffs};
+use rust_decimal::Decimal;
 use sqlx::Connection;
 
 const NODE: &str = "sip-bench";
 
-fn lines(records: usize) -> Vec<Vec<u8>> {
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// An answered call per two records (INVITE 200, BYE 60 s later), from `accounts` callers to
+/// German numbers.
+fn lines(records: usize, accounts: usize) -> Vec<Vec<u8>> {
     (0..records)
         .map(|i| {
             let call = i / 2;
             let t = 1_700_000_000 + call as i64;
+            let caller = format!("1{:09}", call % accounts.max(1));
+            let callee = format!("+49 {}", 301_000_000 + (call * 7919) % 698_000_000);
             let line = if i % 2 == 0 {
                 serde_json::json!({"method": "INVITE", "from_tag": format!("f{call}"), "to_tag": format!("t{call}"),
                     "callid": format!("bench-{call}@10.0.0.1"), "sip_code": "200", "sip_reason": "OK",
-                    "time": t, "src_user": format!("1{call:09}"), "dst_user": format!("2{call:09}"), "src_ip": "10.0.0.1"})
+                    "time": t, "src_user": caller, "dst_user": callee, "src_ip": "10.0.0.1"})
             } else {
                 serde_json::json!({"method": "BYE", "from_tag": format!("f{call}"), "to_tag": format!("t{call}"),
                     "callid": format!("bench-{call}@10.0.0.1"), "sip_code": "200", "sip_reason": "OK",
-                    "time": t + 60, "src_user": format!("1{call:09}"), "dst_user": format!("2{call:09}"), "src_ip": "10.0.0.1"})
+                    "time": t + 60, "src_user": caller, "dst_user": callee, "src_ip": "10.0.0.1"})
             };
             serde_json::to_vec(&line).unwrap()
         })
@@ -104,10 +123,9 @@ async fn count(url: &str) -> i64 {
 
 #[tokio::main]
 async fn main() {
-    let records: usize = std::env::var("WORKER_BENCH_RECORDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(50_000);
+    let records = env_or("WORKER_BENCH_RECORDS", 50_000);
+    let accounts = env_or("WORKER_BENCH_ACCOUNTS", 1_000);
+    let prefixes = env_or("WORKER_BENCH_PREFIXES", 500);
     let batch_size = std::env::var("WORKER_BENCH_BATCH").unwrap_or_else(|_| "500".into());
     let concurrency = std::env::var("WORKER_BENCH_CONCURRENCY").unwrap_or_else(|_| "2".into());
     let nats = NatsServer::start_with(NatsOptions {
@@ -116,7 +134,7 @@ async fn main() {
     })
     .unwrap();
     let pg = Postgres::start().unwrap();
-    let lines = lines(records);
+    let lines = lines(records, accounts);
 
     // Baseline: COPY of the same rows into the same table, fresh schema.
     pg.create_database("copy").unwrap();
@@ -166,9 +184,153 @@ async fn main() {
     }
     let publish_secs = started.elapsed().as_secs_f64();
 
-    // The worker drains the backlog.
-    pg.create_database("worker").unwrap();
-    let worker_url = pg.url_for("worker");
+    // The workers drain the backlog, each through its own durable into its own database.
+    let off = drain(&pg, &nats, "off", records, &batch_size, &concurrency, None).await;
+    let on_tariffs = tariffs(accounts, prefixes);
+    let on = drain(
+        &pg,
+        &nats,
+        "on",
+        records,
+        &batch_size,
+        &concurrency,
+        Some(&on_tariffs),
+    )
+    .await;
+    let rated = pg
+        .psql(
+            "worker_on",
+            "SELECT count(*) FILTER (WHERE rating_status = 'rated') || ' rated, ' || count(*) || ' CDRs, ledger ' || (SELECT count(*) FROM ledger_entry) || ' entries, ' || (SELECT sum(amount) FROM ledger_entry) || ' EUR' FROM cdr",
+        )
+        .unwrap();
+
+    let copy_rate = records as f64 / copy_secs;
+    println!();
+    println!(
+        "cdr-worker benchmark: {records} records ({} answered calls from {accounts} accounts), batch {batch_size}, concurrency {concurrency}, {prefixes} rates in the plan, nats sync_interval: always, PostgreSQL defaults (fsync on)",
+        records / 2
+    );
+    println!("| measure | COPY | worker, rating off | worker, rating on |");
+    println!("| --- | --- | --- | --- |");
+    println!(
+        "| seconds (worker: spawn to all committed) | {copy_secs:.2} | {:.2} | {:.2} |",
+        off.total, on.total
+    );
+    println!(
+        "| records/s (spawn..end) | {copy_rate:.0} | {:.0} | {:.0} |",
+        records as f64 / off.total,
+        records as f64 / on.total
+    );
+    println!(
+        "| records/s (first..last commit) | {copy_rate:.0} | {:.0} | {:.0} |",
+        records as f64 / off.steady,
+        records as f64 / on.steady
+    );
+    println!(
+        "| ratio to COPY (spawn..end) | 1 | {:.3} | {:.3} |",
+        copy_secs / off.total,
+        copy_secs / on.total
+    );
+    println!(
+        "| ratio to COPY (first..last) | 1 | {:.3} | {:.3} |",
+        copy_secs / off.steady,
+        copy_secs / on.steady
+    );
+    println!(
+        "| peak RSS (VmHWM) | | {:.1} MiB | {:.1} MiB |",
+        off.hwm_kib as f64 / 1024.0,
+        on.hwm_kib as f64 / 1024.0
+    );
+    println!("| cdr rows | | {} | {} |", off.cdrs, on.cdrs);
+    println!("| worker exit | | {} | {} |", off.exit, on.exit);
+    println!();
+    println!(
+        "rating on / rating off (target >= 0.8): {:.3} spawn..end, {:.3} first..last commit",
+        off.total / on.total,
+        off.steady / on.steady
+    );
+    println!("publish to stream (not part of any ratio): {publish_secs:.2} s; rating on: {rated}");
+}
+
+/// What one worker run measured.
+struct Drained {
+    total: f64,
+    steady: f64,
+    hwm_kib: u64,
+    cdrs: String,
+    exit: std::process::ExitStatus,
+}
+
+/// One rate plan (EUR) with a catch-all and `prefixes` German prefixes, 30/6 with a connection
+/// fee; `accounts` postpaid accounts on it, named like the bench's callers.
+fn tariffs(accounts: usize, prefixes: usize) -> Tariffs {
+    let mut tariffs = Tariffs::default();
+    tariffs.plans.insert(
+        "std".into(),
+        RatePlan {
+            id: "std".into(),
+            currency: "EUR".into(),
+        },
+    );
+    let rate = |prefix: String, micros: i64| Rate {
+        plan_id: "std".into(),
+        prefix,
+        valid_from: chrono::DateTime::from_timestamp(1_600_000_000, 0).unwrap(),
+        valid_to: None,
+        price_per_minute: Decimal::new(micros, 6),
+        connection_fee: Decimal::new(150, 4),
+        setup_fee: Decimal::ZERO,
+        initial_increment: 30,
+        subsequent_increment: 6,
+        min_billable: 0,
+    };
+    tariffs.rates.push(rate(String::new(), 250_000));
+    for n in 0..prefixes {
+        tariffs.rates.push(rate(
+            format!("49{}", 30 + n * 7 % 969),
+            10_000 + n as i64 * 37,
+        ));
+    }
+    for n in 0..accounts {
+        let id = format!("1{n:09}");
+        tariffs.accounts.insert(
+            id.clone(),
+            Account {
+                id,
+                currency: "EUR".into(),
+                rate_plan_id: Some("std".into()),
+                balance: Decimal::new(1_000, 0),
+                prepaid: false,
+            },
+        );
+    }
+    tariffs
+}
+
+/// Runs a worker (rating on with `tariffs`, off without) through durable `bench-<name>` into
+/// database `worker_<name>` until every record is stored; stops it with SIGTERM.
+async fn drain(
+    pg: &Postgres,
+    nats: &NatsServer,
+    name: &str,
+    records: usize,
+    batch_size: &str,
+    concurrency: &str,
+    tariffs: Option<&Tariffs>,
+) -> Drained {
+    let database = format!("worker_{name}");
+    pg.create_database(&database).unwrap();
+    let worker_url = pg.url_for(&database);
+    // Schema and tariffs first, so that the timing is the worker's alone.
+    let store = Store::connect_lazy(&worker_url, 2, Duration::from_secs(10)).unwrap();
+    store.migrate().await.unwrap();
+    if let Some(tariffs) = tariffs {
+        // (Analyses the tariff tables, as a billing team's load should.)
+        insert_tariffs(store.pool(), tariffs).await.unwrap();
+    }
+    store.pool().close().await;
+    let rating = if tariffs.is_some() { "true" } else { "false" };
+    let durable = format!("bench-{name}");
     let mut worker = Command::new(env!("CARGO_BIN_EXE_cdr-worker"))
         .args([
             "--nats-url",
@@ -178,7 +340,8 @@ async fn main() {
             "--log-format",
             "text",
         ])
-        .args(["--batch-size", &batch_size, "--concurrency", &concurrency])
+        .args(["--batch-size", batch_size, "--concurrency", concurrency])
+        .args(["--durable", &durable, "--rating", rating])
         .env("DATABASE_URL", &worker_url)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -198,47 +361,25 @@ async fn main() {
             break;
         }
         assert!(
-            spawned.elapsed() < Duration::from_secs(600),
+            spawned.elapsed() < Duration::from_secs(900),
             "worker too slow: {n}/{records}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let total = spawned.elapsed().as_secs_f64();
-    let steady = total - first_at.unwrap_or_default().as_secs_f64();
+    let steady = (total - first_at.unwrap_or_default().as_secs_f64()).max(1e-9);
     hwm = hwm.max(vm_hwm_kb(pid).unwrap_or(0));
     Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .unwrap();
-    let status = worker.wait().unwrap();
-    let cdrs = pg.psql("worker", "SELECT count(*) FROM cdr").unwrap();
-
-    let copy_rate = records as f64 / copy_secs;
-    let worker_rate = records as f64 / total;
-    let steady_rate = records as f64 / steady.max(1e-9);
-    println!();
-    println!(
-        "cdr-worker benchmark: {records} records ({} calls), batch {batch_size}, concurrency {concurrency}, nats sync_interval: always, PostgreSQL defaults (fsync on)",
-        records / 2
-    );
-    println!("| measure | value |");
-    println!("| --- | --- |");
-    println!("| COPY into cdr_record | {copy_secs:.2} s, {copy_rate:.0} rows/s |");
-    println!("| publish to stream (not part of the ratio) | {publish_secs:.2} s |");
-    println!("| worker, spawn to all committed | {total:.2} s, {worker_rate:.0} records/s |");
-    println!("| worker, first to last commit | {steady:.2} s, {steady_rate:.0} records/s |");
-    println!(
-        "| ratio worker/COPY (spawn..end) | {:.3} |",
-        worker_rate / copy_rate
-    );
-    println!(
-        "| ratio worker/COPY (first..last) | {:.3} |",
-        steady_rate / copy_rate
-    );
-    println!(
-        "| worker peak RSS (VmHWM) | {:.1} MiB |",
-        hwm as f64 / 1024.0
-    );
-    println!("| cdr rows | {cdrs} |");
-    println!("| worker exit | {status} |");
+    let exit = worker.wait().unwrap();
+    let cdrs = pg.psql(&database, "SELECT count(*) FROM cdr").unwrap();
+    Drained {
+        total,
+        steady,
+        hwm_kib: hwm,
+        cdrs,
+        exit,
+    }
 }

@@ -71,6 +71,17 @@ struct Args {
     /// File holding the PostgreSQL URL (a mounted Secret); read and trimmed, never logged.
     #[arg(long, env = "DATABASE_URL_FILE")]
     database_url_file: Option<PathBuf>,
+    /// Rate each CDR and debit its account in the transaction that stores it (tariffs, accounts
+    /// and the ledger are tables; see workloads/README.md).
+    #[arg(long, env = "WORKER_RATING", default_value_t = true, action = clap::ArgAction::Set)]
+    rating: bool,
+    /// The acc extra naming the paying account (the calling user by default).
+    #[arg(long, env = "WORKER_ACCOUNT_KEY", default_value = worker::rating::DEFAULT_ACCOUNT_KEY)]
+    account_key: String,
+    /// Country code replacing the single leading 0 of a national called number (e.g. 49);
+    /// without it such numbers are not E.164 and their calls are stored unrated.
+    #[arg(long, env = "WORKER_DEFAULT_COUNTRY_CODE", value_parser = country_code)]
+    default_country_code: Option<String>,
     #[command(flatten)]
     telemetry: TelemetryArgs,
 }
@@ -113,7 +124,26 @@ impl Args {
         config.max_deliver = self.max_deliver;
         config.fetch_expiry = self.fetch_expiry;
         config.max_backoff = self.max_backoff;
+        config.rating = worker::rating::RatingConfig {
+            enabled: self.rating,
+            account_key: self.account_key,
+            default_country_code: self.default_country_code,
+        };
         Ok(config)
+    }
+}
+
+/// A country code: 1 to 3 digits, not starting with 0.
+fn country_code(value: &str) -> Result<String, String> {
+    let valid = (1..=3).contains(&value.len())
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && !value.starts_with('0');
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "{value:?} is not a country code (1 to 3 digits, not starting with 0)"
+        ))
     }
 }
 

@@ -13,12 +13,17 @@
 //! caller breaks that, which of them counts is unspecified). No record of the call: no CDR. Each
 //! record has a [`RecordKind`], stored by its [`as_str`](RecordKind::as_str) name.
 //!
-//! - `start_time`: the earliest time of an answered INVITE.
+//! - `setup_time`: the earliest time of an INVITE with a final response, whatever the response
+//!   (answered, failed or cancelled: the INVITE transactions acc_json accounts). Every call that
+//!   has its INVITE record has one; a call known only by its BYE (or by provisional and ACK
+//!   records) has none until that INVITE arrives.
+//! - `answer_time`: the earliest time of an answered INVITE.
 //! - `end_time`: the latest time of a BYE.
-//! - `duration_ms`: `end_time - start_time` in whole milliseconds, rounded down, when both exist
-//!   and `end_time >= start_time`; otherwise none.
 //! - `disposition`: `answered` if any answered INVITE or any BYE; else `cancelled` if any
 //!   cancelled INVITE (487); else `failed` if any failed INVITE (>= 300); else `unknown`.
+//! - `duration_ms`: for an unanswered call (disposition `cancelled`, `failed` or `unknown`) `0`;
+//!   for an answered one `end_time - answer_time` in whole milliseconds, rounded down, when both
+//!   exist and `end_time >= answer_time`, otherwise none (the BYE or the answer not seen yet).
 //! - `record_count`: the number of distinct msg ids.
 //! - `sip_code`, `sip_reason`, `from_tag`, `to_tag`, `src_user`, `dst_user`, `extras`: from the
 //!   *primary* record, the first by (priority, time key, msg id). The priority is [`priority`]:
@@ -31,7 +36,9 @@
 //! [`RecordKind::as_str`], `priority` from [`priority`], `time` a `timestamptz`):
 //!
 //! ```sql
-//! SELECT min(time) FILTER (WHERE kind = 'answered_invite') AS start_time,
+//! SELECT min(time) FILTER (WHERE kind IN ('answered_invite', 'failed_invite',
+//!                                         'cancelled_invite')) AS setup_time,
+//!        min(time) FILTER (WHERE kind = 'answered_invite') AS answer_time,
 //!        max(time) FILTER (WHERE kind = 'bye')             AS end_time,
 //!        CASE WHEN bool_or(kind IN ('answered_invite', 'bye')) THEN 'answered'
 //!             WHEN bool_or(kind = 'cancelled_invite')           THEN 'cancelled'
@@ -39,8 +46,9 @@
 //!             ELSE 'unknown' END                          AS disposition,
 //!        count(*)                                          AS record_count
 //!   FROM records WHERE call_id = $1;
-//! -- duration_ms: floor((extract(epoch FROM end_time) - extract(epoch FROM start_time)) * 1000)
-//! --              when end_time >= start_time
+//! -- duration_ms: 0 when disposition <> 'answered'; else
+//! --              floor((extract(epoch FROM end_time) - extract(epoch FROM answer_time)) * 1000)
+//! --              when end_time >= answer_time
 //! -- primary record:
 //! SELECT * FROM records WHERE call_id = $1
 //!  ORDER BY priority,
@@ -99,11 +107,14 @@ impl std::fmt::Display for Disposition {
 pub struct MergedCdr {
     /// The SIP Call-ID.
     pub call_id: String,
+    /// When the call was set up: the earliest INVITE with a final response, whatever it was.
+    pub setup_time: Option<DateTime<Utc>>,
     /// When the call was answered: the earliest answered INVITE.
-    pub start_time: Option<DateTime<Utc>>,
+    pub answer_time: Option<DateTime<Utc>>,
     /// When the call was hung up: the latest BYE.
     pub end_time: Option<DateTime<Utc>>,
-    /// `end_time - start_time` in whole milliseconds, when both exist and are in order.
+    /// `0` for an unanswered call; `end_time - answer_time` in whole milliseconds for an answered
+    /// one, when both exist and are in order.
     pub duration_ms: Option<i64>,
     /// How the call ended.
     pub disposition: Disposition,
@@ -183,14 +194,25 @@ pub fn merge(call_id: &str, records: &[(String, AccRecord)]) -> Option<MergedCdr
         .collect();
 
     let primary = entries.iter().min_by(|a, b| a.primary_order(b))?.record;
-    let start_time = times_of(&entries, RecordKind::AnsweredInvite).min();
+    let setup_time = entries
+        .iter()
+        .filter(|entry| is_final_invite(entry.kind))
+        .map(|entry| entry.record.time)
+        .min();
+    let answer_time = times_of(&entries, RecordKind::AnsweredInvite).min();
     let end_time = times_of(&entries, RecordKind::Bye).max();
+    let disposition = disposition(entries.iter().map(|entry| entry.kind));
+    let duration_ms = match disposition {
+        Disposition::Answered => duration_ms(answer_time, end_time),
+        Disposition::Cancelled | Disposition::Failed | Disposition::Unknown => Some(0),
+    };
     Some(MergedCdr {
         call_id: call_id.to_owned(),
-        start_time,
+        setup_time,
+        answer_time,
         end_time,
-        duration_ms: duration_ms(start_time, end_time),
-        disposition: disposition(entries.iter().map(|entry| entry.kind)),
+        duration_ms,
+        disposition,
         sip_code: primary.sip_code.clone(),
         sip_reason: primary.sip_reason.clone(),
         from_tag: primary.from_tag.clone(),
@@ -200,6 +222,14 @@ pub fn merge(call_id: &str, records: &[(String, AccRecord)]) -> Option<MergedCdr
         extras: primary.extras.clone(),
         record_count: entries.len(),
     })
+}
+
+/// Whether `kind` is an INVITE with a final response (answered, failed or cancelled).
+fn is_final_invite(kind: RecordKind) -> bool {
+    matches!(
+        kind,
+        RecordKind::AnsweredInvite | RecordKind::FailedInvite { .. }
+    )
 }
 
 /// Times of the entries of `kind`.

@@ -22,7 +22,7 @@ pub mod record;
 pub mod subjects;
 
 #[cfg(test)]
-mod test_rng;
+pub(crate) mod test_rng;
 
 pub use merge::{Disposition, MergedCdr};
 pub use record::{AccRecord, ParseError, RecordKind, parse_line};

@@ -189,6 +189,7 @@ async fn write_bisecting(ctx: &BatchContext, items: &[Item], report: &mut BatchR
                 report.duplicates += outcome.duplicates;
                 ctx.metrics.records_inserted.inc_by(outcome.inserted);
                 ctx.metrics.duplicates.inc_by(outcome.duplicates);
+                ctx.metrics.rating(&outcome.rating);
             }
             Err(error) if error.is_data_error() => {
                 ctx.metrics.error(error.reason());

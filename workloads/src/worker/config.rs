@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::rating::RatingConfig;
 use crate::contract::subjects::{CDR_RAW, DEFAULT_STREAM_NAME};
 
 use crate::nats_auth::NatsAuth;
@@ -52,6 +53,8 @@ pub struct WorkerConfig {
     pub max_backoff: Duration,
     /// How often consumer info is read for the pending gauges.
     pub pending_refresh: Duration,
+    /// Rating and balance debit.
+    pub rating: RatingConfig,
 }
 
 impl std::fmt::Debug for WorkerConfig {
@@ -72,6 +75,7 @@ impl std::fmt::Debug for WorkerConfig {
             .field("database_url", &"<redacted>")
             .field("max_backoff", &self.max_backoff)
             .field("pending_refresh", &self.pending_refresh)
+            .field("rating", &self.rating)
             .finish()
     }
 }
@@ -98,6 +102,7 @@ impl WorkerConfig {
             database_url: database_url.into(),
             max_backoff: Duration::from_secs(30),
             pending_refresh: Duration::from_secs(5),
+            rating: RatingConfig::default(),
         }
     }
 

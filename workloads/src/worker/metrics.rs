@@ -1,11 +1,15 @@
 //! The worker's Prometheus metrics.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use super::rating::sql::RatingOutcome;
 
 /// Label of a dead-letter counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -19,6 +23,13 @@ pub struct ReasonLabel {
 pub struct KindLabel {
     /// The error category (`reason()` of the error).
     pub kind: String,
+}
+
+/// Label of a money counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CurrencyLabel {
+    /// ISO 4217 code.
+    pub currency: String,
 }
 
 /// Every metric of the worker; cheap to clone (the metrics are shared handles).
@@ -42,6 +53,16 @@ pub struct Metrics {
     pub consumer_pending: Gauge,
     /// Messages delivered and awaiting their ack (from consumer info).
     pub consumer_ack_pending: Gauge,
+    /// CDRs that became rated (or got a new charge).
+    pub cdrs_rated: Counter,
+    /// CDRs that became unrated, by reason.
+    pub cdrs_unrated: Family<ReasonLabel, Counter>,
+    /// Money debited from accounts, by currency (a float: for dashboards, not for accounting).
+    pub money_debited: Family<CurrencyLabel, Counter<f64, AtomicU64>>,
+    /// Money credited back to accounts by adjustments, by currency.
+    pub money_credited: Family<CurrencyLabel, Counter<f64, AtomicU64>>,
+    /// Prepaid accounts whose balance crossed to zero or below.
+    pub prepaid_exhausted: Counter,
 }
 
 impl Default for Metrics {
@@ -56,6 +77,11 @@ impl Default for Metrics {
             batch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             consumer_pending: Gauge::default(),
             consumer_ack_pending: Gauge::default(),
+            cdrs_rated: Counter::default(),
+            cdrs_unrated: Family::default(),
+            money_debited: Family::default(),
+            money_credited: Family::default(),
+            prepaid_exhausted: Counter::default(),
         }
     }
 }
@@ -106,7 +132,52 @@ impl Metrics {
             "Messages delivered and awaiting their ack",
             metrics.consumer_ack_pending.clone(),
         );
+        r.register(
+            "cdrs_rated",
+            "CDRs that became rated or got a new charge",
+            metrics.cdrs_rated.clone(),
+        );
+        r.register(
+            "cdrs_unrated",
+            "CDRs that became unrated (stored without a charge), by reason",
+            metrics.cdrs_unrated.clone(),
+        );
+        r.register(
+            "money_debited",
+            "Money debited from accounts, by currency",
+            metrics.money_debited.clone(),
+        );
+        r.register(
+            "money_credited",
+            "Money credited back to accounts by adjusting entries, by currency",
+            metrics.money_credited.clone(),
+        );
+        r.register(
+            "prepaid_exhausted",
+            "Prepaid accounts whose balance crossed to zero or below",
+            metrics.prepaid_exhausted.clone(),
+        );
         metrics
+    }
+
+    /// Counts what rating a batch did.
+    pub fn rating(&self, outcome: &RatingOutcome) {
+        self.cdrs_rated.inc_by(outcome.rated);
+        for (reason, count) in &outcome.unrated {
+            self.cdrs_unrated
+                .get_or_create(&ReasonLabel {
+                    reason: reason.as_str().to_owned(),
+                })
+                .inc_by(*count);
+        }
+        for (currency, debited, credited) in outcome.debited_f64() {
+            let label = CurrencyLabel {
+                currency: currency.to_owned(),
+            };
+            self.money_debited.get_or_create(&label).inc_by(debited);
+            self.money_credited.get_or_create(&label).inc_by(credited);
+        }
+        self.prepaid_exhausted.inc_by(outcome.exhausted());
     }
 
     /// Counts an error of category `kind`.

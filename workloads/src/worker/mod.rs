@@ -4,7 +4,8 @@
 //! - [`nats`]: connect, find the stream, create (or expect) the durable consumer, pull a batch;
 //! - [`decode`]: a message into a [`RecordRow`] (its `Nats-Msg-Id`, the parsed line), or poison;
 //! - [`store`]: the schema and the one transaction per batch (records stored once by msg id, the
-//!   calls' `cdr` rows recomputed from all their records with the contract's merge rules);
+//!   calls' `cdr` rows recomputed from all their records with the contract's merge rules, then
+//!   rated and their accounts debited through a ledger keyed by call: [`rating`]);
 //! - [`batch`]: one batch end to end: poison to [`dead_letter`], the rest written (bisected when
 //!   the database refuses a record), acked only after the commit;
 //! - [`health`], [`metrics`]: `/readyz`, `/metrics`; retries are paced by the crate's
@@ -28,6 +29,7 @@ pub mod decode;
 pub mod health;
 pub mod metrics;
 pub mod nats;
+pub mod rating;
 pub mod store;
 
 use std::future::Future;
@@ -100,7 +102,8 @@ pub async fn run(
         u32::try_from(config.concurrency + 1).unwrap_or(u32::MAX),
         // Short enough that a held batch gets its progress ack before its ack wait runs out.
         (config.ack_wait / 2).clamp(Duration::from_millis(100), Duration::from_secs(5)),
-    )?;
+    )?
+    .with_rating(config.rating.clone());
     let client = nats::connect(&config).await?;
     let js = jetstream::new(client.clone());
 

@@ -8,12 +8,17 @@
 //!    already stored is a duplicate absorbed;
 //! 3. the `cdr` rows of the calls that gained a record, recomputed from *all* their records by one
 //!    aggregate query implementing [`contract::merge`](crate::contract::merge) (same rules, same
-//!    tie-breaks), `INSERT ... ON CONFLICT (call_id) DO UPDATE`.
+//!    tie-breaks) and, with rating on, rated in the same statement
+//!    ([`rating::sql::RATING_CTES`](crate::worker::rating::sql::RATING_CTES)), so each call's row
+//!    is written once: `INSERT ... ON CONFLICT (call_id) DO UPDATE`, only when something changed;
+//! 4. with rating on, those calls' ledgers settled and their accounts' balances moved (see
+//!    [`rating`](crate::worker::rating) for the model and the rules).
 //!
 //! A call whose records were all present already needs no recompute: whoever stored them
 //! recomputed the row in the same transaction.
 
 use std::collections::BTreeSet;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -23,6 +28,8 @@ use sqlx::{Postgres, Row, Transaction};
 
 use crate::contract::merge::{Disposition, MergedCdr, priority};
 use crate::contract::record::AccRecord;
+use crate::worker::rating::RatingConfig;
+use crate::worker::rating::sql::{RATING_COLUMNS, RATING_CTES, RatingOutcome, settle_calls};
 
 /// The embedded migrations of `workloads/migrations`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!();
@@ -92,7 +99,7 @@ pub struct RecordRow {
 }
 
 /// What writing a batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WriteOutcome {
     /// Records newly stored.
     pub inserted: u64,
@@ -100,12 +107,15 @@ pub struct WriteOutcome {
     pub duplicates: u64,
     /// `cdr` rows recomputed.
     pub cdrs_updated: u64,
+    /// What rating did (empty with rating off).
+    pub rating: RatingOutcome,
 }
 
 /// The database of CDRs.
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: PgPool,
+    rating: RatingConfig,
 }
 
 /// Takes the per-call locks, in ascending key order (see the module doc).
@@ -125,21 +135,21 @@ SELECT m, c, k, p, t, me, ft, tt, sc, sr, su, du, e::jsonb, sn, sq
     ON CONFLICT (msg_id) DO NOTHING
 RETURNING call_id";
 
-/// Recomputes the `cdr` rows of calls `$1` from all their records: the rules of
-/// `contract::merge`, as its module doc states them in SQL.
-const RECOMPUTE_CDRS: &str = r#"
-INSERT INTO cdr AS d (call_id, start_time, end_time, duration_ms, disposition, sip_code,
-                      sip_reason, from_tag, to_tag, src_user, dst_user, source_node, extras,
-                      record_count, updated_at)
-SELECT a.call_id, a.start_time, a.end_time,
-       CASE WHEN a.end_time >= a.start_time
-            THEN floor((extract(epoch FROM a.end_time) - extract(epoch FROM a.start_time))
+/// The merged CDRs of calls `$1`, computed from all their records: the rules of
+/// `contract::merge`, as its module doc states them in SQL. Its columns are [`CDR_COLUMNS`].
+const MERGED_CDRS: &str = r#"
+SELECT a.call_id, a.setup_time, a.answer_time, a.end_time,
+       CASE WHEN a.disposition <> 'answered' THEN 0
+            WHEN a.end_time >= a.answer_time
+            THEN floor((extract(epoch FROM a.end_time) - extract(epoch FROM a.answer_time))
                        * 1000)::bigint
-       END,
+       END AS duration_ms,
        a.disposition, p.sip_code, p.sip_reason, p.from_tag, p.to_tag, p.src_user, p.dst_user,
-       p.source_node, p.extras, a.record_count, now()
+       p.source_node, p.extras, a.record_count
   FROM (SELECT call_id,
-               min(event_time) FILTER (WHERE kind = 'answered_invite') AS start_time,
+               min(event_time) FILTER (WHERE kind IN ('answered_invite', 'failed_invite',
+                                                      'cancelled_invite')) AS setup_time,
+               min(event_time) FILTER (WHERE kind = 'answered_invite') AS answer_time,
                max(event_time) FILTER (WHERE kind = 'bye')             AS end_time,
                CASE WHEN bool_or(kind IN ('answered_invite', 'bye')) THEN 'answered'
                     WHEN bool_or(kind = 'cancelled_invite')           THEN 'cancelled'
@@ -156,27 +166,100 @@ SELECT a.call_id, a.start_time, a.end_time,
                  CASE WHEN r.priority = 1 THEN -extract(epoch FROM r.event_time)
                       ELSE extract(epoch FROM r.event_time) END,
                  r.msg_id COLLATE "C"
-        LIMIT 1) AS p
-    ON CONFLICT (call_id) DO UPDATE SET
-       start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
-       duration_ms = EXCLUDED.duration_ms, disposition = EXCLUDED.disposition,
-       sip_code = EXCLUDED.sip_code, sip_reason = EXCLUDED.sip_reason,
-       from_tag = EXCLUDED.from_tag, to_tag = EXCLUDED.to_tag, src_user = EXCLUDED.src_user,
-       dst_user = EXCLUDED.dst_user, source_node = EXCLUDED.source_node,
-       extras = EXCLUDED.extras, record_count = EXCLUDED.record_count,
-       updated_at = EXCLUDED.updated_at
- WHERE (d.start_time, d.end_time, d.duration_ms, d.disposition, d.sip_code, d.sip_reason,
-        d.from_tag, d.to_tag, d.src_user, d.dst_user, d.source_node, d.extras, d.record_count)
-       IS DISTINCT FROM
-       (EXCLUDED.start_time, EXCLUDED.end_time, EXCLUDED.duration_ms, EXCLUDED.disposition,
-        EXCLUDED.sip_code, EXCLUDED.sip_reason, EXCLUDED.from_tag, EXCLUDED.to_tag,
-        EXCLUDED.src_user, EXCLUDED.dst_user, EXCLUDED.source_node, EXCLUDED.extras,
-        EXCLUDED.record_count)"#;
+        LIMIT 1) AS p"#;
+
+/// The columns of [`MERGED_CDRS`], in its order.
+const CDR_COLUMNS: [&str; 15] = [
+    "call_id",
+    "setup_time",
+    "answer_time",
+    "end_time",
+    "duration_ms",
+    "disposition",
+    "sip_code",
+    "sip_reason",
+    "from_tag",
+    "to_tag",
+    "src_user",
+    "dst_user",
+    "source_node",
+    "extras",
+    "record_count",
+];
+
+/// `INSERT INTO cdr ... ON CONFLICT DO UPDATE` of `columns` from the rows of `source` (which has
+/// each of them under its name, unambiguously), updating a row only when a column changed;
+/// `rated_at` (when among them) only when a rating column changed.
+fn upsert_cdrs(source: &str, columns: &[&str]) -> String {
+    let list = columns.join(", ");
+    let set: Vec<String> = columns
+        .iter()
+        .filter(|column| **column != "call_id")
+        .map(|column| match *column {
+            "rated_at" => format!(
+                "rated_at = CASE WHEN ({old}) IS DISTINCT FROM ({new}) THEN EXCLUDED.rated_at \
+                 ELSE d.rated_at END",
+                old = prefixed("d.", RATING_COLUMNS),
+                new = prefixed("EXCLUDED.", RATING_COLUMNS),
+            ),
+            column => format!("{column} = EXCLUDED.{column}"),
+        })
+        .collect();
+    let compared: Vec<&str> = columns
+        .iter()
+        .copied()
+        .filter(|column| !matches!(*column, "call_id" | "rated_at"))
+        .collect();
+    format!(
+        "INSERT INTO cdr AS d ({list}, updated_at) SELECT {select}, now() FROM {source}
+            ON CONFLICT (call_id) DO UPDATE SET {set}, updated_at = EXCLUDED.updated_at
+         WHERE ({old}) IS DISTINCT FROM ({new})",
+        select = list,
+        set = set.join(", "),
+        old = prefixed("d.", &compared),
+        new = prefixed("EXCLUDED.", &compared),
+    )
+}
+
+/// `columns` joined by commas, each prefixed with `prefix`.
+fn prefixed(prefix: &str, columns: &[&str]) -> String {
+    columns
+        .iter()
+        .map(|column| format!("{prefix}{column}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Recomputes the `cdr` rows of calls `$1` from all their records (rating off).
+static RECOMPUTE_CDRS: LazyLock<String> =
+    LazyLock::new(|| upsert_cdrs(&format!("({MERGED_CDRS}) AS m"), &CDR_COLUMNS));
+
+/// Recomputes the `cdr` rows of calls `$1` and rates them in the same write (account key `$2`,
+/// default country code `$3`, `''` for none): one row version per call. Returns, per row
+/// written, its rating and whether the rating changed.
+static RECOMPUTE_AND_RATE_CDRS: LazyLock<String> = LazyLock::new(|| {
+    let mut columns: Vec<&str> = CDR_COLUMNS.to_vec();
+    columns.extend_from_slice(RATING_COLUMNS);
+    columns.push("rated_at");
+    format!(
+        "WITH m AS ({MERGED_CDRS}), {RATING_CTES},
+         old AS (SELECT call_id, {old_rating} FROM cdr WHERE call_id = ANY($1::text[])),
+         up AS ({upsert} RETURNING d.call_id, {new_rating})
+         SELECT up.rating_status, up.unrated_reason,
+                ({old_cols}) IS DISTINCT FROM ({up_cols}) AS rating_changed
+           FROM up LEFT JOIN old USING (call_id)",
+        old_rating = RATING_COLUMNS.join(", "),
+        upsert = upsert_cdrs("m JOIN rated USING (call_id)", &columns),
+        new_rating = prefixed("d.", RATING_COLUMNS),
+        old_cols = prefixed("old.", RATING_COLUMNS),
+        up_cols = prefixed("up.", RATING_COLUMNS),
+    )
+});
 
 /// Columns of a `cdr` row as [`Store::load_cdr`] reads them.
 macro_rules! select_cdr {
     () => {
-        "SELECT call_id, start_time, end_time, duration_ms, disposition, sip_code, sip_reason,
+        "SELECT call_id, setup_time, answer_time, end_time, duration_ms, disposition, sip_code, sip_reason,
                 from_tag, to_tag, src_user, dst_user, extras::text AS extras, record_count
            FROM cdr"
     };
@@ -191,17 +274,38 @@ impl Store {
         acquire_timeout: Duration,
     ) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(StoreError::InvalidUrl)?;
-        let options = options.application_name("cdr-worker");
+        // JIT compilation is for long analytical queries: for the worker's batch statements (whose
+        // estimated cost can pass the JIT threshold) it costs more than the whole statement. And
+        // each batch's statements are planned for its call ids: the generic plan PostgreSQL
+        // switches to after five executions of a prepared statement knows nothing of the arrays
+        // and was measured 2 to 4 times slower for the rating statement.
+        let options = options
+            .application_name("cdr-worker")
+            .options([("jit", "off"), ("plan_cache_mode", "force_custom_plan")]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(acquire_timeout)
             .connect_lazy_with(options);
-        Ok(Self { pool })
+        Ok(Self::from_pool(pool))
     }
 
-    /// Wraps an existing pool.
+    /// Wraps an existing pool (rating on, with the default settings).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            rating: RatingConfig::default(),
+        }
+    }
+
+    /// The same store, rating with `rating` (or not, when it is disabled).
+    pub fn with_rating(mut self, rating: RatingConfig) -> Self {
+        self.rating = rating;
+        self
+    }
+
+    /// How the store rates.
+    pub fn rating(&self) -> &RatingConfig {
+        &self.rating
     }
 
     /// The pool.
@@ -231,7 +335,7 @@ impl Store {
             });
         }
         let mut tx = self.pool.begin().await.map_err(StoreError::Query)?;
-        let outcome = write_in(&mut tx, &distinct).await?;
+        let outcome = write_in(&mut tx, &distinct, &self.rating).await?;
         tx.commit().await.map_err(StoreError::Query)?;
         Ok(WriteOutcome {
             duplicates: outcome.duplicates + repeated,
@@ -268,10 +372,11 @@ impl Store {
     }
 }
 
-/// Steps 1 to 3 of the module doc, inside `tx`; `rows` have distinct msg ids.
+/// Steps 1 to 4 of the module doc, inside `tx`; `rows` have distinct msg ids.
 async fn write_in(
     tx: &mut Transaction<'static, Postgres>,
     rows: &[&RecordRow],
+    rating: &RatingConfig,
 ) -> Result<WriteOutcome, StoreError> {
     let call_ids: BTreeSet<&str> = rows.iter().map(|row| row.record.call_id.as_str()).collect();
     let call_ids: Vec<&str> = call_ids.into_iter().collect();
@@ -304,10 +409,22 @@ async fn write_in(
 
     let changed: BTreeSet<String> = inserted.iter().cloned().collect();
     let changed: Vec<String> = changed.into_iter().collect();
+    let mut outcome = RatingOutcome::default();
     let cdrs_updated = if changed.is_empty() {
         0
+    } else if rating.enabled {
+        let rows = sqlx::query(RECOMPUTE_AND_RATE_CDRS.as_str())
+            .bind(&changed)
+            .bind(&rating.account_key)
+            .bind(rating.default_country_code.as_deref().unwrap_or(""))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(StoreError::Query)?;
+        outcome.count(&rows)?;
+        outcome.moved = settle_calls(tx, &changed).await?;
+        rows.len() as u64
     } else {
-        sqlx::query(RECOMPUTE_CDRS)
+        sqlx::query(RECOMPUTE_CDRS.as_str())
             .bind(&changed)
             .execute(&mut **tx)
             .await
@@ -319,6 +436,7 @@ async fn write_in(
         inserted,
         duplicates: rows.len() as u64 - inserted,
         cdrs_updated,
+        rating: outcome,
     })
 }
 
@@ -411,7 +529,8 @@ fn cdr_from_row(row: &sqlx::postgres::PgRow) -> Result<MergedCdr, StoreError> {
     let record_count: i32 = row.try_get("record_count").map_err(StoreError::Query)?;
     Ok(MergedCdr {
         call_id: row.try_get("call_id").map_err(StoreError::Query)?,
-        start_time: row.try_get("start_time").map_err(StoreError::Query)?,
+        setup_time: row.try_get("setup_time").map_err(StoreError::Query)?,
+        answer_time: row.try_get("answer_time").map_err(StoreError::Query)?,
         end_time: row.try_get("end_time").map_err(StoreError::Query)?,
         duration_ms: row.try_get("duration_ms").map_err(StoreError::Query)?,
         disposition,

@@ -149,7 +149,7 @@ async fn up(state_dir: Option<PathBuf>, namespace: String) -> anyhow::Result<()>
         "  kubectl get natsclusters,jetstreamstreams,jetstreamconsumers,cdrpipelines -n {namespace}"
     );
     println!(
-        "  psql {} -c 'SELECT call_id, disposition, start_time, duration_ms FROM cdr ORDER BY call_id DESC LIMIT 5'",
+        "  psql {} -c 'SELECT call_id, disposition, setup_time, answer_time, duration_ms, charge FROM cdr ORDER BY call_id DESC LIMIT 5'",
         data_path.postgres.url_for(demo::DATABASE)
     );
     println!(

@@ -50,7 +50,8 @@ const T0: f64 = 1_700_000_000.0;
 fn answered_call() {
     let cdr = merged("c", &[invite("c", 200, T0), bye("c", T0 + 61.25)]);
     assert_eq!(cdr.call_id, "c");
-    assert_eq!(cdr.start_time, at(T0));
+    assert_eq!(cdr.setup_time, at(T0));
+    assert_eq!(cdr.answer_time, at(T0));
     assert_eq!(cdr.end_time, at(T0 + 61.25));
     assert_eq!(cdr.duration_ms, Some(61_250));
     assert_eq!(cdr.disposition, Disposition::Answered);
@@ -71,8 +72,13 @@ fn busy_call_failed() {
     assert_eq!(cdr.sip_code.as_deref(), Some("486"));
     assert_eq!(cdr.sip_reason.as_deref(), Some("reason 486"));
     assert_eq!(
-        (cdr.start_time, cdr.end_time, cdr.duration_ms),
-        (None, None, None)
+        (
+            cdr.setup_time,
+            cdr.answer_time,
+            cdr.end_time,
+            cdr.duration_ms
+        ),
+        (at(T0), None, None, Some(0))
     );
 }
 
@@ -81,13 +87,53 @@ fn cancelled_call() {
     let cdr = merged("c", &[invite("c", 487, T0)]);
     assert_eq!(cdr.disposition, Disposition::Cancelled);
     assert_eq!(cdr.sip_code.as_deref(), Some("487"));
+    assert_eq!(
+        (
+            cdr.setup_time,
+            cdr.answer_time,
+            cdr.end_time,
+            cdr.duration_ms
+        ),
+        (at(T0), None, None, Some(0))
+    );
+}
+
+#[test]
+fn setup_time_is_the_first_invite_whatever_its_outcome() {
+    // 407 challenge first, then the answer, then a re-INVITE: setup at the challenge.
+    let records = [
+        invite("c", 200, T0 + 2.0),
+        invite("c", 407, T0),
+        invite("c", 200, T0 + 40.0),
+        bye("c", T0 + 62.0),
+    ];
+    let cdr = merged("c", &records);
+    assert_eq!(cdr.setup_time, at(T0));
+    assert_eq!(cdr.answer_time, at(T0 + 2.0));
+    assert_eq!(cdr.duration_ms, Some(60_000));
+    // A provisional INVITE record or an ACK is no setup; a BYE alone has none.
+    let cdr = merged("c", &[other("c", "INVITE", 180, T0), bye("c", T0 + 9.0)]);
+    assert_eq!(cdr.setup_time, None);
+    let cdr = merged(
+        "c",
+        &[other("c", "INVITE", 180, T0), invite("c", 486, T0 + 3.0)],
+    );
+    assert_eq!(cdr.setup_time, at(T0 + 3.0));
+}
+
+#[test]
+fn an_answered_call_without_its_bye_has_no_duration_yet() {
+    let cdr = merged("c", &[invite("c", 200, T0)]);
+    assert_eq!(cdr.disposition, Disposition::Answered);
+    assert_eq!((cdr.answer_time, cdr.end_time), (at(T0), None));
+    assert_eq!(cdr.duration_ms, None);
 }
 
 #[test]
 fn bye_only_is_answered_without_start() {
     let cdr = merged("c", &[bye("c", T0)]);
     assert_eq!(cdr.disposition, Disposition::Answered);
-    assert_eq!(cdr.start_time, None);
+    assert_eq!((cdr.setup_time, cdr.answer_time), (None, None));
     assert_eq!(cdr.end_time, at(T0));
     assert_eq!(cdr.duration_ms, None);
     assert_eq!(cdr.sip_code.as_deref(), Some("200"));
@@ -131,7 +177,8 @@ fn re_invites_keep_the_first_answer_and_the_last_bye() {
         bye("c", T0 + 60.0),
     ];
     let cdr = merged("c", &records);
-    assert_eq!(cdr.start_time, at(T0));
+    assert_eq!(cdr.answer_time, at(T0));
+    assert_eq!(cdr.setup_time, at(T0));
     assert_eq!(cdr.end_time, at(T0 + 90.0));
     assert_eq!(cdr.duration_ms, Some(90_000));
 }
@@ -148,6 +195,7 @@ fn only_provisional_and_ack_records_are_unknown() {
     assert_eq!(cdr.disposition, Disposition::Unknown);
     assert_eq!(cdr.sip_code.as_deref(), Some("180"));
     assert_eq!(cdr.record_count, 2);
+    assert_eq!((cdr.setup_time, cdr.duration_ms), (None, Some(0)));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! cdr-worker: in process against real servers ([`e2e`]), as a binary under failures
-//! ([`chaos`]), and its SQL merge against the contract's ([`merge`]).
+//! ([`chaos`]), its SQL merge against the contract's ([`merge`]), and rating with balance debit
+//! ([`rating`]).
 
 mod chaos;
 mod e2e;
 mod merge;
+mod rating;
