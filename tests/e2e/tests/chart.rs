@@ -526,6 +526,7 @@ async fn pilot_values_install_objects_the_crds_accept_and_uninstall_keeps_them()
         "kubectl label node <sip-node> nats-cdr.dev/sip-node=true".to_owned(),
         format!("kubectl -n {ns} get cdrpipeline cdr"),
         "helm uninstall leaves the NatsCluster and CdrPipeline in place".to_owned(),
+        "The stream and its CDRs stay on the NATS servers".to_owned(),
         "kubectl apply --server-side --force-conflicts".to_owned(),
     ] {
         assert!(notes.contains(&next), "NOTES lack {next:?}:\n{notes}");
