@@ -517,6 +517,9 @@ async fn pilot_values_install_objects_the_crds_accept_and_uninstall_keeps_them()
             &values_file("values-pilot.yaml"),
             "--set",
             &format!("watchNamespaces={{{ns}}}"),
+            // No operator pod: the objects are checked as the CRDs stored them (on kind too).
+            "--set",
+            "replicas=0",
         ],
     )
     .expect("helm install with values-pilot.yaml");
@@ -698,6 +701,8 @@ async fn ga_values_with_monitoring_are_accepted_by_an_apiserver_serving_the_prom
             &format!("watchNamespaces={{{ns}}}"),
             "--set",
             "monitoring.labels.release=kube-prometheus-stack",
+            "--set",
+            "replicas=0",
         ],
     )
     .expect("helm install with values-ga.yaml and monitoring");
@@ -885,7 +890,17 @@ async fn crds_upgrade_by_server_side_apply_before_helm_upgrade() {
     tools::run(
         "helm",
         kubeconfig,
-        &["install", "up", &copy_path, "-n", &ns, "--set", &set_ns],
+        &[
+            "install",
+            "up",
+            &copy_path,
+            "-n",
+            &ns,
+            "--set",
+            &set_ns,
+            "--set",
+            "replicas=0",
+        ],
     )
     .expect("helm install");
     wait_for(TIMEOUT, "the test CRDs Established", || {
@@ -969,7 +984,17 @@ async fn crds_upgrade_by_server_side_apply_before_helm_upgrade() {
     tools::run(
         "helm",
         kubeconfig,
-        &["upgrade", "up", &copy_path, "-n", &ns, "--set", &set_ns],
+        &[
+            "upgrade",
+            "up",
+            &copy_path,
+            "-n",
+            &ns,
+            "--set",
+            &set_ns,
+            "--set",
+            "replicas=0",
+        ],
     )
     .expect("helm upgrade");
     let unchanged = crds.get(&nats_crd).await.unwrap();
@@ -1006,7 +1031,17 @@ async fn crds_upgrade_by_server_side_apply_before_helm_upgrade() {
     tools::run(
         "helm",
         kubeconfig,
-        &["upgrade", "up", &copy_path, "-n", &ns, "--set", &set_ns],
+        &[
+            "upgrade",
+            "up",
+            &copy_path,
+            "-n",
+            &ns,
+            "--set",
+            &set_ns,
+            "--set",
+            "replicas=0",
+        ],
     )
     .expect("helm upgrade after the CRDs");
 
