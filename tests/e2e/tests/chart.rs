@@ -220,6 +220,23 @@ fn chart_lints_and_renders_with_default_pilot_and_ga_values() {
         "registry.example/telco/cdr-worker:1.2.3"
     );
     assert_eq!(spec["clusterRef"]["namespace"], "telecom");
+    let env = &of_kind(&moved, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"];
+    let var = |name: &str| {
+        env.as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].clone())
+    };
+    assert_eq!(
+        var("BRIDGE_IMAGE"),
+        Some("registry.example/telco/kam-cdr-bridge:1.2.3".into())
+    );
+    assert_eq!(
+        var("WORKER_IMAGE"),
+        Some("registry.example/telco/cdr-worker:1.2.3".into())
+    );
+    assert_eq!(var("NATS_IMAGE"), None, "the operator's own default");
 }
 
 #[test]
