@@ -31,5 +31,7 @@ while read -r reference archive; do
   kind load image-archive "$images/$archive" --name "$name"
 done < "$images/images.txt"
 
-# The tools the tests call (helm, kubectl, nats) come from scripts/setup.sh or your PATH.
+# The tools the tests call (helm, kubectl, nats, promtool) and the Prometheus Operator CRDs the
+# chart test installs when kind lacks them come from scripts/setup.sh (or your PATH). The tests
+# install charts/nats-cdr themselves, one release per namespace.
 KUBECONFIG=$kubeconfig cargo test --locked -p nats-cdr-e2e -- --test-threads=2

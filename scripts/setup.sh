@@ -7,8 +7,9 @@
 #
 # Result: $NATS_CDR_CACHE/bin/{etcd,kube-apiserver,kube-controller-manager,kube-scheduler,kubectl,
 #         kubelet,kube-proxy,containerd,containerd-shim-runc-v2,ctr,crictl,coredns,pause,
-#         kwok,kwokctl,nats-server,nats,helm}, $NATS_CDR_CACHE/kwok/stages.yaml (kwok's pod and node
-#         lifecycle), and from Debian packages: PostgreSQL 15's server, runc, the CNI plugins,
+#         kwok,kwokctl,nats-server,nats,helm,promtool}, $NATS_CDR_CACHE/kwok/stages.yaml (kwok's pod
+#         and node lifecycle), $NATS_CDR_CACHE/prometheus-operator/crds (ServiceMonitor, PodMonitor,
+#         PrometheusRule), and from Debian packages: PostgreSQL 15's server, runc, the CNI plugins,
 #         iptables, conntrack, buildah (for scripts/images.sh) and a static busybox.
 set -euo pipefail
 
@@ -268,6 +269,23 @@ build_pause() {
   stamp pause "$v"
 }
 
+# The Prometheus Operator's ServiceMonitor, PodMonitor and PrometheusRule CRDs, from its module's
+# source, into $cache/prometheus-operator/crds: the chart test has a real apiserver accept the
+# chart's monitoring objects with them.
+prometheus_operator_crds() {
+  local v=$PROMETHEUS_OPERATOR_VERSION out=$cache/prometheus-operator/crds
+  if [ "$(cat "$stamps/prometheus-operator-crds" 2>/dev/null)" = "$v" ] \
+    && [ -s "$out/monitoring.coreos.com_prometheusrules.yaml" ]; then return; fi
+  log "copying the Prometheus Operator $v CRDs"
+  local src
+  src=$(go mod download -json "github.com/prometheus-operator/prometheus-operator@$v" | sed -n 's/^\s*"Dir": "\(.*\)",\?$/\1/p')
+  mkdir -p "$out"
+  for kind in servicemonitors podmonitors prometheusrules; do
+    install -m 0644 "$src/example/prometheus-operator-crd/monitoring.coreos.com_$kind.yaml" "$out/"
+  done
+  stamp prometheus-operator-crds "$v"
+}
+
 main() {
   local t0=$SECONDS
   install_debian_packages
@@ -282,6 +300,8 @@ main() {
   build_containerd
   go_install crictl "$CRICTL_VERSION" sigs.k8s.io/cri-tools/cmd/crictl
   build_coredns
+  go_install promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool
+  prometheus_operator_crds
   log "ready in $((SECONDS - t0))s: $bin"
 }
 main "$@"
