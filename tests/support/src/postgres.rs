@@ -3,6 +3,7 @@
 //! PostgreSQL refuses to run as root, and tests and CI run as root: the data dir is then owned by
 //! the `postgres` system user (Debian's package creates it) and the server runs as that user.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -44,6 +45,8 @@ pub struct Postgres {
     bin_dir: PathBuf,
     dir: PathBuf,
     port: u16,
+    /// A second listen address (reachable from pods), with password logins from 10.0.0.0/8.
+    pod_address: Option<Ipv4Addr>,
     run_as: Option<(Uid, Gid)>,
     process: Option<ServerProcess>,
 }
@@ -51,6 +54,17 @@ pub struct Postgres {
 impl Postgres {
     /// initdb in a new temp dir and start the server; user `postgres`, trust auth on loopback.
     pub fn start() -> Result<Self, PostgresError> {
+        Self::start_inner(None)
+    }
+
+    /// Like [`Self::start`], and also listening on `address` (a local cluster's
+    /// [`crate::node::network::Addressing::api_address`]) so pods reach it, where only roles with
+    /// a password may log in (scram-sha-256, from 10.0.0.0/8): see [`Self::create_role`].
+    pub fn start_for_pods(address: Ipv4Addr) -> Result<Self, PostgresError> {
+        Self::start_inner(Some(address))
+    }
+
+    fn start_inner(pod_address: Option<Ipv4Addr>) -> Result<Self, PostgresError> {
         let bin_dir = binaries::postgres_bin_dir()?;
         let dir = scratch::new_dir("pg")?;
         let run_as = if Uid::effective().is_root() {
@@ -70,10 +84,19 @@ impl Postgres {
             bin_dir,
             dir,
             port: free_port()?,
+            pod_address,
             run_as,
             process: None,
         };
         pg.initdb()?;
+        if pod_address.is_some() {
+            use std::io::Write;
+            let hba = pg.data_dir().join("pg_hba.conf");
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&hba)?
+                .write_all(b"host all all 10.0.0.0/8 scram-sha-256\n")?;
+        }
         pg.spawn()?;
         Ok(pg)
     }
@@ -91,6 +114,32 @@ impl Postgres {
     /// The server's TCP port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// A role `user` with `password` that owns a new database `database`, and the URL pods use
+    /// to reach it (the pod address of [`Self::start_for_pods`]).
+    pub fn create_role(
+        &self,
+        user: &str,
+        password: &str,
+        database: &str,
+    ) -> Result<String, PostgresError> {
+        let address = self.pod_address.ok_or_else(|| PostgresError::Command {
+            command: "create_role".into(),
+            output: "the server was not started with start_for_pods".into(),
+        })?;
+        self.psql(
+            "postgres",
+            &format!("CREATE ROLE \"{user}\" LOGIN PASSWORD '{password}'"),
+        )?;
+        self.psql(
+            "postgres",
+            &format!("CREATE DATABASE \"{database}\" OWNER \"{user}\""),
+        )?;
+        Ok(format!(
+            "postgres://{user}:{password}@{address}:{}/{database}",
+            self.port
+        ))
     }
 
     /// Runs SQL with `psql` (an independent client) and returns its unaligned output.
@@ -182,7 +231,13 @@ impl Postgres {
             .arg("-D")
             .arg(self.data_dir())
             .args(["-p", &self.port.to_string()])
-            .args(["-c", "listen_addresses=127.0.0.1"])
+            .args([
+                "-c",
+                &match self.pod_address {
+                    Some(address) => format!("listen_addresses=127.0.0.1,{address}"),
+                    None => "listen_addresses=127.0.0.1".to_owned(),
+                },
+            ])
             .args([
                 "-c",
                 &format!("unix_socket_directories={}", self.dir.display()),
