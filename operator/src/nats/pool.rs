@@ -377,7 +377,8 @@ impl Pool {
         };
         let timeout = self.timeout;
         async move {
-            let outcome = opener.open(credentials).await;
+            let mut outcome = opener.open(credentials).await;
+            let object = fingerprint.object.clone();
             let mut state = slot.0.lock().await;
             *state = match std::mem::take(&mut *state) {
                 State::Connecting {
@@ -394,6 +395,15 @@ impl Pool {
                     other
                 }
             };
+            // New credentials refused while the previous connection still serves: whoever waited
+            // for this attempt carries on with that one (the object stays Ready through a
+            // rotation whose Secret changed before the server did).
+            if outcome.is_err()
+                && let State::Ready(live) = &*state
+                && live.fingerprint.object == object
+            {
+                outcome = Ok(live.connection.clone());
+            }
             drop(state);
             let _ = done.send(Some(outcome));
         }

@@ -91,6 +91,35 @@ impl Context {
         self.pool.connect(&cluster, Freshness::Cached).await
     }
 
+    /// The first read of a reconcile on the NatsCluster `cluster_ref` names, retried once on a
+    /// re-checked connection when the shared one was dropped under it (a server restart, or a
+    /// credential rotation whose server side just kicked the old login): the object does not
+    /// flip to NatsUnavailable for what a reconnect repairs at once. Returns the connection the
+    /// read succeeded on, for the writes that follow.
+    pub(crate) async fn first_read<T, F, Fut>(
+        &self,
+        cluster_ref: &ClusterRef,
+        namespace: Option<String>,
+        read: F,
+    ) -> Result<(Connection, T), nats::Error>
+    where
+        F: Fn(Connection) -> Fut,
+        Fut: std::future::Future<Output = Result<T, nats::Error>>,
+    {
+        let conn = self.connect(cluster_ref, namespace.clone()).await?;
+        match read(conn.clone()).await {
+            Err(nats::Error::Disconnected { .. }) => {
+                let cluster = self
+                    .cluster(&cluster_ref.namespace_for(namespace), &cluster_ref.name)
+                    .await?;
+                let conn = self.pool.connect(&cluster, Freshness::Recheck).await?;
+                let value = read(conn.clone()).await?;
+                Ok((conn, value))
+            }
+            other => other.map(|value| (conn, value)),
+        }
+    }
+
     /// The jittered resync delay of an object in sync.
     pub(crate) fn resync<K: Resource>(&self, obj: &K) -> Duration {
         jittered(self.settings.resync_period, &object_key(obj))

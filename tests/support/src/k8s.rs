@@ -10,6 +10,51 @@ use kube::api::{Api, ListParams, LogParams};
 
 use crate::kube_cluster::{ClusterError, wait_for};
 
+/// Waits until the object `name` of `api` exists and `ready` holds for its status.
+async fn wait_status<K, S>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    ready: impl Fn(&S) -> bool,
+) -> Result<(), ClusterError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + HasStatus<S>,
+{
+    wait_for(timeout, what, || {
+        let api = api.clone();
+        let ready = &ready;
+        async move {
+            api.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|object| object.status().map(ready))
+                .unwrap_or(false)
+        }
+    })
+    .await
+}
+
+/// The status of a workload kind.
+trait HasStatus<S> {
+    fn status(&self) -> Option<&S>;
+}
+
+macro_rules! has_status {
+    ($kind:ty, $status:ty) => {
+        impl HasStatus<$status> for $kind {
+            fn status(&self) -> Option<&$status> {
+                self.status.as_ref()
+            }
+        }
+    };
+}
+has_status!(Deployment, k8s_openapi::api::apps::v1::DeploymentStatus);
+has_status!(DaemonSet, k8s_openapi::api::apps::v1::DaemonSetStatus);
+has_status!(StatefulSet, k8s_openapi::api::apps::v1::StatefulSetStatus);
+has_status!(Pod, k8s_openapi::api::core::v1::PodStatus);
+
 /// Waits until Deployment `name` has `replicas` updated, available replicas.
 pub async fn wait_deployment_available(
     client: &Client,
@@ -19,29 +64,23 @@ pub async fn wait_deployment_available(
     timeout: Duration,
 ) -> Result<(), ClusterError> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    wait_for(
+    let what = format!("Deployment {namespace}/{name} with {replicas} available");
+    wait_status(
+        &api,
+        name,
+        &what,
         timeout,
-        &format!("Deployment {namespace}/{name} with {replicas} available"),
-        || {
-            let api = api.clone();
-            async move {
-                api.get_opt(name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|d| d.status)
-                    .is_some_and(|s| {
-                        s.available_replicas == Some(replicas)
-                            && s.updated_replicas == Some(replicas)
-                            && s.replicas == Some(replicas)
-                    })
-            }
+        |s: &k8s_openapi::api::apps::v1::DeploymentStatus| {
+            s.available_replicas == Some(replicas)
+                && s.updated_replicas == Some(replicas)
+                && s.replicas == Some(replicas)
         },
     )
     .await
 }
 
-/// Waits until DaemonSet `name` is scheduled on at least one node and ready on every one.
+/// Waits until DaemonSet `name` is scheduled on at least one node and ready on every one, and
+/// returns how many pods are ready.
 pub async fn wait_daemonset_ready(
     client: &Client,
     namespace: &str,
@@ -49,22 +88,14 @@ pub async fn wait_daemonset_ready(
     timeout: Duration,
 ) -> Result<i32, ClusterError> {
     let api: Api<DaemonSet> = Api::namespaced(client.clone(), namespace);
-    wait_for(
+    let what = format!("DaemonSet {namespace}/{name} ready");
+    wait_status(
+        &api,
+        name,
+        &what,
         timeout,
-        &format!("DaemonSet {namespace}/{name} ready"),
-        || {
-            let api = api.clone();
-            async move {
-                api.get_opt(name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|d| d.status)
-                    .is_some_and(|s| {
-                        s.desired_number_scheduled >= 1
-                            && s.number_ready == s.desired_number_scheduled
-                    })
-            }
+        |s: &k8s_openapi::api::apps::v1::DaemonSetStatus| {
+            s.desired_number_scheduled >= 1 && s.number_ready == s.desired_number_scheduled
         },
     )
     .await?;
@@ -80,20 +111,13 @@ pub async fn wait_statefulset_ready(
     timeout: Duration,
 ) -> Result<(), ClusterError> {
     let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    wait_for(
+    let what = format!("StatefulSet {namespace}/{name} with {replicas} ready");
+    wait_status(
+        &api,
+        name,
+        &what,
         timeout,
-        &format!("StatefulSet {namespace}/{name} with {replicas} ready"),
-        || {
-            let api = api.clone();
-            async move {
-                api.get_opt(name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|d| d.status)
-                    .is_some_and(|s| s.ready_replicas == Some(replicas))
-            }
-        },
+        |s: &k8s_openapi::api::apps::v1::StatefulSetStatus| s.ready_replicas == Some(replicas),
     )
     .await
 }
@@ -107,18 +131,16 @@ pub async fn wait_pod_finished(
     timeout: Duration,
 ) -> Result<(String, String), ClusterError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    wait_for(timeout, &format!("pod {namespace}/{name} finished"), || {
-        let api = api.clone();
-        async move {
-            api.get_opt(name)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|p| p.status)
-                .and_then(|s| s.phase)
-                .is_some_and(|phase| phase == "Succeeded" || phase == "Failed")
-        }
-    })
+    let what = format!("pod {namespace}/{name} finished");
+    wait_status(
+        &api,
+        name,
+        &what,
+        timeout,
+        |s: &k8s_openapi::api::core::v1::PodStatus| {
+            matches!(s.phase.as_deref(), Some("Succeeded" | "Failed"))
+        },
+    )
     .await?;
     let phase = api
         .get(name)

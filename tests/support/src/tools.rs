@@ -29,45 +29,29 @@ pub enum ToolError {
 
 /// Runs `tool` (helm, kubectl) with `--kubeconfig` and `args`; its stdout on success.
 pub fn run(tool: &str, kubeconfig: &Path, args: &[&str]) -> Result<String, ToolError> {
-    let binary = binaries::find(tool)?;
-    let output = Command::new(binary)
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .map_err(|source| ToolError::Spawn {
-            tool: tool.into(),
-            source,
-        })?;
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    if output.status.success() {
-        Ok(stdout)
-    } else {
-        Err(ToolError::Failed {
-            tool: tool.into(),
-            args: args.join(" "),
-            output: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
-        })
-    }
+    let mut command = Command::new(binaries::find(tool)?);
+    command.arg("--kubeconfig").arg(kubeconfig).args(args);
+    stdout_of(tool, command, args)
 }
 
 /// Runs the `nats` CLI against `server` (a URL); its stdout on success.
 pub fn nats(server: &str, args: &[&str]) -> Result<String, ToolError> {
-    let binary = binaries::find("nats")?;
-    let output = Command::new(binary)
-        .args(["--server", server])
-        .args(args)
-        .output()
-        .map_err(|source| ToolError::Spawn {
-            tool: "nats".into(),
-            source,
-        })?;
+    let mut command = Command::new(binaries::find("nats")?);
+    command.args(["--server", server]).args(args);
+    stdout_of("nats", command, args)
+}
+
+fn stdout_of(tool: &str, mut command: Command, args: &[&str]) -> Result<String, ToolError> {
+    let output = command.output().map_err(|source| ToolError::Spawn {
+        tool: tool.into(),
+        source,
+    })?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if output.status.success() {
         Ok(stdout)
     } else {
         Err(ToolError::Failed {
-            tool: "nats".into(),
+            tool: tool.into(),
             args: args.join(" "),
             output: format!("{stdout}{}", String::from_utf8_lossy(&output.stderr)),
         })

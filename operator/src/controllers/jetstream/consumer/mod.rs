@@ -56,9 +56,12 @@ impl Reconciler for JetStreamConsumer {
         let owner = owner_mark(obj.as_ref());
         let (_, desired) = desired_config(&obj.spec, &owner)?;
         claim(&obj, ctx)?;
-        let conn = ctx.connect(&obj.spec.cluster_ref, obj.namespace()).await?;
         let (stream, durable) = (&obj.spec.stream_name, &obj.spec.durable_name);
-        let found = conn.consumer_info(stream, durable).await?;
+        let (conn, found) = ctx
+            .first_read(&obj.spec.cluster_ref, obj.namespace(), |c| async move {
+                c.consumer_info(stream, durable).await
+            })
+            .await?;
         let history = history(obj.as_ref());
         let seen = observe(&obj, &desired, found);
         let plan = plan::decide(seen, &owner, obj.spec.adopt_existing, history);

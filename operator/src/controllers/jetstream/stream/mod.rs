@@ -64,8 +64,12 @@ impl Reconciler for JetStreamStream {
         let owner = owner_mark(obj.as_ref());
         let desired = desired_config(&obj.spec, &owner)?;
         claim(&obj, ctx)?;
-        let conn = ctx.connect(&obj.spec.cluster_ref, obj.namespace()).await?;
-        let found = conn.stream_info(&obj.spec.name).await?;
+        let name = obj.spec.name.as_str();
+        let (conn, found) = ctx
+            .first_read(&obj.spec.cluster_ref, obj.namespace(), |c| async move {
+                c.stream_info(name).await
+            })
+            .await?;
         let history = history(obj.as_ref());
         let seen = observe(&obj, &desired, found);
         let plan = plan::decide(seen, &owner, obj.spec.adopt_existing, history);
