@@ -22,7 +22,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{Api, DeleteParams, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::discovery::ApiResource;
-use nats_cdr_testsupport::manifests::ApplyError;
+use nats_cdr_testsupport::manifests::{ApplyError, wait_crd_established};
 use nats_cdr_testsupport::tools::{self, ToolError};
 use nats_cdr_testsupport::{
     apply_yaml, binaries, install_crds, repo_root, scratch, shared_api_cluster, wait_for,
@@ -670,24 +670,9 @@ async fn ensure_prometheus_operator_crds(client: &kube::Client) {
                 .await
                 .expect("install CRD");
         }
-        wait_for(TIMEOUT, &format!("CRD {name} Established"), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                crds.get_opt(&name)
-                    .await
-                    .ok()
-                    .flatten()
-                    .and_then(|c| c.status)
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            }
-        })
-        .await
-        .expect("CRD established");
+        wait_crd_established(client, &name, TIMEOUT)
+            .await
+            .expect("CRD established");
     }
 }
 
@@ -920,24 +905,9 @@ async fn crds_upgrade_by_server_side_apply_before_helm_upgrade() {
         ],
     )
     .expect("helm install");
-    wait_for(TIMEOUT, "the test CRDs Established", || {
-        let crds = crds.clone();
-        let name = nats_crd.clone();
-        async move {
-            crds.get_opt(&name)
-                .await
-                .ok()
-                .flatten()
-                .and_then(|c| c.status)
-                .and_then(|s| s.conditions)
-                .is_some_and(|c| {
-                    c.iter()
-                        .any(|c| c.type_ == "Established" && c.status == "True")
-                })
-        }
-    })
-    .await
-    .unwrap();
+    wait_crd_established(&client, &nats_crd, TIMEOUT)
+        .await
+        .unwrap();
     let before = crds.get(&nats_crd).await.unwrap();
     assert!(!printer_columns(&before).contains(&"SyncInterval".to_owned()));
     let probe = |name: &str| {

@@ -121,28 +121,32 @@ pub async fn install_crds(client: &Client) -> Result<(), ApplyError> {
         })?;
     }
     for (_, crd) in nats_cdr_crds::all() {
-        let name = crd.name_any();
-        wait_for(
-            Duration::from_secs(30),
-            &format!("CRD {name} Established"),
-            || {
-                let crds = crds.clone();
-                let name = name.clone();
-                async move {
-                    crds.get_opt(&name)
-                        .await
-                        .ok()
-                        .flatten()
-                        .and_then(|c| c.status)
-                        .and_then(|s| s.conditions)
-                        .is_some_and(|c| {
-                            c.iter()
-                                .any(|c| c.type_ == "Established" && c.status == "True")
-                        })
-                }
-            },
-        )
-        .await?;
+        wait_crd_established(client, &crd.name_any(), Duration::from_secs(30)).await?;
     }
     Ok(())
+}
+
+/// Waits until the CustomResourceDefinition `name` is Established (its kind is served).
+pub async fn wait_crd_established(
+    client: &Client,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), ClusterError> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    wait_for(timeout, &format!("CRD {name} Established"), || {
+        let crds = crds.clone();
+        async move {
+            crds.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|c| c.status)
+                .and_then(|s| s.conditions)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                })
+        }
+    })
+    .await
 }
