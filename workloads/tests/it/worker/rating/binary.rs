@@ -94,8 +94,8 @@ async fn kill_9_mid_batch_leaves_every_balance_exact() {
     let args = [
         "--batch-size",
         "50",
-        "--ack-wait-ms",
-        "2000",
+        "--ack-wait",
+        "2s",
         "--max-deliver",
         "30",
         "--default-country-code",
